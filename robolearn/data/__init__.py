@@ -1,0 +1,1 @@
+"""Episode storage: the Zarr episode store, its writer, sequence datasets and tools."""
