@@ -36,6 +36,7 @@ import zarr.errors
 
 from robolearn import __version__
 from robolearn.data.codecs import CodecChoice
+from robolearn.data.fastread import ShardFrameReader
 from robolearn.errors import FormatVersionError, SpecError, StoreError
 from robolearn.spec import FeatureSpec
 
@@ -150,6 +151,7 @@ class EpisodeStore:
         self.codecs = {k: CodecChoice.parse(v, k) for k, v in attrs.get("codecs", {}).items()}
         self.attrs = attrs
         self._arrays: dict[str, zarr.Array] = {}
+        self._readers: dict[str, ShardFrameReader | None] = {}
         self._load_meta()
 
     # ------------------------------------------------------------------ creation / opening
@@ -417,6 +419,9 @@ class EpisodeStore:
         frames = np.asarray(frames, dtype=np.int64)
         if frames.size and (frames.min() < 0 or frames.max() >= self.num_frames):
             raise IndexError(f"frame index outside the store's {self.num_frames} frames")
+        reader = self._frame_reader(key)
+        if reader is not None:
+            return reader.read(frames).reshape(*frames.shape, *reader.frame_shape)
         unique, inverse = np.unique(frames, return_inverse=True)
         arr = self.array(key)
         if unique.size == 0:
@@ -426,6 +431,16 @@ class EpisodeStore:
             block = np.asarray(arr[lo:hi])
             return block[frames - lo]
         return np.asarray(arr.oindex[unique])[inverse.reshape(frames.shape)]
+
+    def _frame_reader(self, key: str) -> ShardFrameReader | None:
+        """The direct shard reader for an image key of a local store, when its layout allows."""
+        if key not in self._readers:
+            reader = None
+            arr = self.array(key)
+            if not is_remote(self.path) and self.spec[key].kind == "image" and ShardFrameReader.supports(arr):
+                reader = ShardFrameReader(arr, Path(self.path))
+            self._readers[key] = reader
+        return self._readers[key]
 
     def read_episode(self, index: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """All frames of one episode: every key asked for, plus `timestamp`."""
