@@ -46,10 +46,13 @@ def print_info(info, *, episodes: bool = True) -> None:  # type: ignore[no-untyp
     summary.add_row("dropped frames", f"{info.dropped_frames} in {info.gaps} gaps")
     ratio = info.bytes_raw / info.bytes_on_disk if info.bytes_on_disk else float("nan")
     summary.add_row(
-        "size on disk", f"{human_bytes(info.bytes_on_disk)} ({human_bytes(info.bytes_raw)} raw, ×{ratio:.2f})"
+        "size on disk",
+        f"{human_bytes(info.bytes_on_disk)} ({human_bytes(info.bytes_raw)} raw, ×{ratio:.2f})",
     )
     if info.uncommitted_frames:
-        summary.add_row("unfinished", f"{info.uncommitted_frames} frames of an unsaved episode (ignored)")
+        summary.add_row(
+            "unfinished", f"{info.uncommitted_frames} frames of an unsaved episode (ignored)"
+        )
     console.print(summary)
 
     keys = Table(title="keys", title_justify="left")
@@ -66,13 +69,25 @@ def print_info(info, *, episodes: bool = True) -> None:  # type: ignore[no-untyp
             human_bytes(k["bytes_on_disk"]),
             f"×{k['ratio']:.2f}" if k["ratio"] else "-",
             f"{min(lo):.3g} … {max(hi):.3g}" if lo else "-",
-            " ".join(f"{v:.3g}" for v in mean[:3]) + (" …" if len(mean) > 3 else "") if mean else "-",
+            " ".join(f"{v:.3g}" for v in mean[:3]) + (" …" if len(mean) > 3 else "")
+            if mean
+            else "-",
         )
     console.print(keys)
 
     if episodes and info.per_episode:
         table = Table(title="episodes", title_justify="left")
-        for col in ("#", "task", "frames", "seconds", "real fps", "dropped", "max period ms", "stale cam", "success"):
+        for col in (
+            "#",
+            "task",
+            "frames",
+            "seconds",
+            "real fps",
+            "dropped",
+            "max period ms",
+            "stale cam",
+            "success",
+        ):
             table.add_column(col, no_wrap=col != "task", max_width=40 if col == "task" else None)
         for row in info.per_episode:
             success = {True: "yes", False: "no", None: "?"}[row["success"]]
@@ -152,11 +167,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     with _progress() as progress:
         task = progress.add_task("verifying", total=None)
-        report = verify_store(args.path, progress=lambda d, t: progress.update(task, completed=d, total=t))
+        report = verify_store(
+            args.path, progress=lambda d, t: progress.update(task, completed=d, total=t)
+        )
     for note in report.notes:
         console.print(f"[yellow]note[/]: {note}")
     if report.ok:
-        console.print(f"[green]OK[/]: {report.path}: {report.episodes} episodes, {report.frames} frames, every chunk readable")
+        console.print(
+            f"[green]OK[/]: {report.path}: {report.episodes} episodes, {report.frames} frames, every chunk readable"
+        )
         return 0
     for problem in report.problems:
         console.print(f"[red]damage[/]: {problem}")
@@ -194,7 +213,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = plot_episode(store, args.episode, out, keys=args.keys)
         console.print(f"wrote {path}")
         if args.timing:
-            tpath = plot_timing(store, args.episode, Path(out).with_name(Path(out).stem + "_timing.png"))
+            tpath = plot_timing(
+                store, args.episode, Path(out).with_name(Path(out).stem + "_timing.png")
+            )
             console.print(f"wrote {tpath}")
     return 0
 
@@ -233,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
 
-    p = dsub.add_parser("info", help="episodes, frames, measured rate, dropped frames, sizes, statistics")
+    p = dsub.add_parser(
+        "info", help="episodes, frames, measured rate, dropped frames, sizes, statistics"
+    )
     p.add_argument("path", help="store path or fsspec URL (e.g. s3://bucket/name.zarr)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--brief", action="store_true", help="leave out the per-episode table")
@@ -250,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("out")
     p.add_argument("--episodes", help="indices and ranges, e.g. 0,3,5-9")
-    p.add_argument("--success", type=_bool_filter, help="keep successful (true) or failed (false) episodes")
+    p.add_argument(
+        "--success", type=_bool_filter, help="keep successful (true) or failed (false) episodes"
+    )
     p.add_argument("--task", help="keep episodes of this task")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_filter)
@@ -289,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (RobolearnError, IndexError, KeyError, ValueError, FileNotFoundError) as e:
+    except (RobolearnError, IndexError, KeyError, ValueError, OSError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         err_console.print(f"[red]error[/]: {message}")
         return 2

@@ -40,7 +40,7 @@ def run_demo(out: Path, episodes: int = 3, seconds: float = 4.0, fps: float = 30
     with EpisodeStore.open(out, "r") as store:
         print_info(store_info(store))
     console.print(
-        "\nnext: [bold]robolearn dataset verify[/] {0} · [bold]robolearn dataset plot[/] {0} "
-        "· [bold]robolearn dataset export-video[/] {0}".format(out)
+        f"\nnext: [bold]robolearn dataset verify[/] {out} · [bold]robolearn dataset plot[/] {out} "
+        f"· [bold]robolearn dataset export-video[/] {out}"
     )
     return 0

@@ -57,7 +57,9 @@ class Feature:
                     f"image {name!r} has shape {self.shape}; images are H×W×C with C in 1, 3 or 4"
                 )
             if self.dtype != "uint8":
-                raise SpecError(f"image {name!r} has dtype {self.dtype}; images are stored as uint8")
+                raise SpecError(
+                    f"image {name!r} has dtype {self.dtype}; images are stored as uint8"
+                )
         elif not (np.issubdtype(self.dtype, np.number) or self.dtype == "bool"):
             raise SpecError(f"feature {name!r}: dtype {self.dtype} is not numeric")
         size = self.size
@@ -179,7 +181,14 @@ class FeatureSpec(Mapping[str, Feature]):
             raise SpecError(f"a feature spec is a mapping name → feature, got {type(d).__name__}")
         return cls({name: Feature.from_dict(f, name) for name, f in d.items()})
 
-    def check_fits(self, other: FeatureSpec, keys: list[str] | None = None, *, what: str = "the dataset", other_what: str = "the policy") -> None:
+    def check_fits(
+        self,
+        other: FeatureSpec,
+        keys: list[str] | None = None,
+        *,
+        what: str = "the dataset",
+        other_what: str = "the policy",
+    ) -> None:
         """Raise SpecError naming the first key where `other` does not match this spec.
 
         Only `keys` are compared (default: every key of `other`). Shapes, dtypes and kinds must be

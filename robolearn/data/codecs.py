@@ -135,7 +135,9 @@ class CodecChoice:
         try:
             quality = int(q) if q else (90 if name == "jpeg" else 95)
         except ValueError:
-            raise SpecError(f"codec {text!r} for {key!r}: quality {q!r} is not an integer") from None
+            raise SpecError(
+                f"codec {text!r} for {key!r}: quality {q!r} is not an integer"
+            ) from None
         if not 1 <= quality <= 100:
             raise SpecError(f"codec {text!r} for {key!r}: quality must be in 1..100")
         return cls(name, quality)

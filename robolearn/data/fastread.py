@@ -87,7 +87,9 @@ class ShardFrameReader:
             i = j
         return out
 
-    def _read_shard(self, shard: int, frames: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+    def _read_shard(
+        self, shard: int, frames: np.ndarray, positions: np.ndarray, out: np.ndarray
+    ) -> None:
         key = self.arr.metadata.encode_chunk_key((shard, *([0] * len(self.frame_shape))))
         fd = os.open(self.root / key, os.O_RDONLY)
         try:
@@ -101,9 +103,8 @@ class ShardFrameReader:
                 if self.image_codec is not None:
                     out[p] = self.image_codec.decode_frames(data, (1, *self.frame_shape))[0]
                 else:
-                    out[p] = np.frombuffer(numcodecs.blosc.decompress(data), dtype=np.uint8).reshape(
-                        self.frame_shape
-                    )
+                    out[p] = np.frombuffer(
+                        numcodecs.blosc.decompress(data), dtype=np.uint8
+                    ).reshape(self.frame_shape)
         finally:
             os.close(fd)
-

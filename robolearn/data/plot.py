@@ -15,6 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from robolearn.data.store import EpisodeInfo, EpisodeStore
+
+# One definition of a gap, shared with the timing report, so plot and report agree.
+from robolearn.data.timing import GAP_FACTOR
 from robolearn.errors import SpecError, StoreError
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,6 @@ FIG_WIDTH_IN = 10.0
 ROW_HEIGHT_IN = 2.2
 TITLE_HEIGHT_IN = 0.6
 TIMING_HEIGHT_IN = 3.6
-GAP_FACTOR = 1.5
 GAP_COLOR = "tab:red"
 LEGEND_ROWS = 10
 TITLE_TASK_CHARS = 80
@@ -123,7 +125,7 @@ def plot_timing(
             s=25,
             color=GAP_COLOR,
             zorder=3,
-            label=f"{len(gaps)} gaps",
+            label=_count(len(gaps), "gap"),
         )
         for i in gaps:
             ax.axvspan(t[i - 1], t[i], color=GAP_COLOR, alpha=0.12, lw=0)
@@ -139,16 +141,16 @@ def plot_timing(
         rate = (len(t) - 1) / (t[-1] - t[0]) if t[-1] > t[0] else float("nan")
         summary = (
             f"mean rate {rate:.1f} Hz (nominal {store.fps:g}), "
-            f"max period {periods_ms.max():.1f} ms, {len(gaps)} gaps"
+            f"max period {periods_ms.max():.1f} ms, {_count(len(gaps), 'gap')}"
         )
     else:
         summary = "single frame"
     fig.suptitle(f"episode {info.index} frame timing: {summary}", fontsize=10)
     if len(gaps):
         log.info(
-            "episode %d: %d gaps longer than %.1f ms, at frames %s",
+            "episode %d: %s longer than %.1f ms, at frames %s",
             info.index,
-            len(gaps),
+            _count(len(gaps), "gap"),
             GAP_FACTOR * nominal_ms,
             gaps[:10].tolist(),
         )
@@ -191,10 +193,16 @@ def _plot_keys(store: EpisodeStore, keys: Sequence[str] | None) -> list[str]:
 
 def _title(info: EpisodeInfo, t: np.ndarray) -> str:
     success = {True: "success", False: "failure", None: "outcome unknown"}[info.success]
-    task = info.task if len(info.task) <= TITLE_TASK_CHARS else info.task[: TITLE_TASK_CHARS - 1] + "…"
+    task = (
+        info.task if len(info.task) <= TITLE_TASK_CHARS else info.task[: TITLE_TASK_CHARS - 1] + "…"
+    )
     task = _plain_text(task) or "(no task)"
     duration = float(t[-1] - t[0]) if len(t) else 0.0
     return f"episode {info.index}: {task} | {success} | {info.length} frames, {duration:.2f} s"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _plain_text(text: str) -> str:

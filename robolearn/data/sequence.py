@@ -90,7 +90,9 @@ class SequenceDataset(Dataset):
         self.fps = store.fps
         self.n_obs_steps = int(n_obs_steps)
         self.horizon = int(horizon)
-        self.action_offset = -(self.n_obs_steps - 1) if action_offset is None else int(action_offset)
+        self.action_offset = (
+            -(self.n_obs_steps - 1) if action_offset is None else int(action_offset)
+        )
         self.obs_keys = list(obs_keys) if obs_keys is not None else self.spec.observation_keys
         self.action_keys = list(action_keys) if action_keys is not None else self.spec.action_keys
         for key in self.obs_keys:
@@ -100,7 +102,9 @@ class SequenceDataset(Dataset):
                 )
         for key in self.action_keys:
             if key not in self.spec or self.spec[key].kind != "action":
-                raise SpecError(f"action key {key!r} is not in the store; it has {self.spec.action_keys}")
+                raise SpecError(
+                    f"action key {key!r} is not in the store; it has {self.spec.action_keys}"
+                )
         if not self.action_keys:
             raise SpecError(f"{store.path} has no action key to learn")
         n_ep = store.num_episodes
@@ -118,7 +122,9 @@ class SequenceDataset(Dataset):
         self._ep_end = np.repeat(ends[self.episodes], lengths).astype(np.int64)
         self._ep_index = np.repeat(np.asarray(self.episodes, dtype=np.int64), lengths)
         self._obs_off = np.arange(-(self.n_obs_steps - 1), 1, dtype=np.int64)
-        self._act_off = np.arange(self.action_offset, self.action_offset + self.horizon, dtype=np.int64)
+        self._act_off = np.arange(
+            self.action_offset, self.action_offset + self.horizon, dtype=np.int64
+        )
         self.cache_mode = cache
         self._cache: dict[str, np.ndarray] = {}
         for key in self.obs_keys + self.action_keys:

@@ -61,7 +61,9 @@ def _stats_of(values: np.ndarray) -> KeyStats:
     )
 
 
-def compute_stats(store: EpisodeStore, max_image_frames: int = MAX_IMAGE_FRAMES) -> dict[str, KeyStats]:
+def compute_stats(
+    store: EpisodeStore, max_image_frames: int = MAX_IMAGE_FRAMES
+) -> dict[str, KeyStats]:
     """Statistics of every key over all committed frames (images: per channel, on a subsample)."""
     n = store.num_frames
     if n == 0:
@@ -69,7 +71,9 @@ def compute_stats(store: EpisodeStore, max_image_frames: int = MAX_IMAGE_FRAMES)
     out: dict[str, KeyStats] = {}
     for key, feature in store.spec.items():
         if feature.kind == "image":
-            frames = np.unique(np.linspace(0, n - 1, min(n, max_image_frames)).round().astype(np.int64))
+            frames = np.unique(
+                np.linspace(0, n - 1, min(n, max_image_frames)).round().astype(np.int64)
+            )
             pixels = store.read_frames(key, frames).astype(np.float32) / 255.0
             # Percentiles over every pixel would need tens of millions of values; a fixed
             # strided subset of pixels gives the same 1st/99th percentiles to within a level.

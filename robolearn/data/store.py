@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -39,6 +39,9 @@ from robolearn.data.codecs import CodecChoice
 from robolearn.data.fastread import ShardFrameReader
 from robolearn.errors import FormatVersionError, SpecError, StoreError
 from robolearn.spec import FeatureSpec
+
+if TYPE_CHECKING:
+    from robolearn.data.writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +178,9 @@ class EpisodeStore:
         if not (np.isfinite(fps) and fps > 0):
             raise SpecError(f"fps must be a positive number, got {fps}")
         if is_remote(path):
-            raise StoreError(f"{path}: stores are written to a local path; copy them to a URL after")
+            raise StoreError(
+                f"{path}: stores are written to a local path; copy them to a URL after"
+            )
         path = Path(path)
         if path.exists() and not overwrite:
             if (path / "zarr.json").exists():
@@ -193,7 +198,9 @@ class EpisodeStore:
             if choice.name != "lossless" and spec[key].kind != "image":
                 raise SpecError(f"{key!r} is a {spec[key].kind}; only images can use {choice}")
             if choice.name == "jpeg" and spec[key].shape[2] not in (1, 3):
-                raise SpecError(f"image {key!r} has {spec[key].shape[2]} channels; jpeg takes 1 or 3")
+                raise SpecError(
+                    f"image {key!r} has {spec[key].shape[2]} channels; jpeg takes 1 or 3"
+                )
             choices[key] = choice
         meta = {
             "format": FORMAT_NAME,
@@ -205,22 +212,39 @@ class EpisodeStore:
             "writer": f"robolearn {__version__}",
         }
         root = zarr.open_group(str(path), mode="w" if overwrite else "w-", zarr_format=3)
-        data, times, metag = root.create_group("data"), root.create_group("time"), root.create_group("meta")
+        data, times, metag = (
+            root.create_group("data"),
+            root.create_group("time"),
+            root.create_group("meta"),
+        )
         for key, feature in spec.items():
             image = feature.kind == "image"
             shape = (0, *feature.shape)
             kw = choices[key].zarr_codecs(image=image)
             if image:
-                kw |= {"chunks": (1, *feature.shape), "shards": (image_shard_frames(feature.shape), *feature.shape)}
+                kw |= {
+                    "chunks": (1, *feature.shape),
+                    "shards": (image_shard_frames(feature.shape), *feature.shape),
+                }
             else:
                 kw |= {"chunks": (LOWDIM_CHUNK_FRAMES, *feature.shape)}
             data.create_array(key, shape=shape, dtype=feature.dtype, fill_value=0, **kw)
             if feature.kind != "action":
-                times.create_array(key, shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK_FRAMES,), fill_value=0.0)
-        data.create_array("timestamp", shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK_FRAMES,), fill_value=0.0)
-        metag.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(META_CHUNK,), fill_value=0)
-        metag.create_array("episode_start_time", shape=(0,), dtype="float64", chunks=(META_CHUNK,), fill_value=0.0)
-        metag.create_array("episode_success", shape=(0,), dtype="int8", chunks=(META_CHUNK,), fill_value=-1)
+                times.create_array(
+                    key, shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK_FRAMES,), fill_value=0.0
+                )
+        data.create_array(
+            "timestamp", shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK_FRAMES,), fill_value=0.0
+        )
+        metag.create_array(
+            "episode_ends", shape=(0,), dtype="int64", chunks=(META_CHUNK,), fill_value=0
+        )
+        metag.create_array(
+            "episode_start_time", shape=(0,), dtype="float64", chunks=(META_CHUNK,), fill_value=0.0
+        )
+        metag.create_array(
+            "episode_success", shape=(0,), dtype="int8", chunks=(META_CHUNK,), fill_value=-1
+        )
         metag.create_array("episode_info", shape=(0,), dtype=str, chunks=(META_CHUNK,))
         root.attrs.update({"robolearn": meta, **dict(attrs or {})})
         log.info("created episode store %s (%d features, %.1f fps)", path, len(spec), fps)
@@ -251,12 +275,21 @@ class EpisodeStore:
                     f"{local} is not an episode store (no zarr.json in it); point to the .zarr folder"
                 )
         elif mode == "a":
-            raise StoreError(f"{path}: remote stores open read-only; copy the store locally to append")
+            raise StoreError(
+                f"{path}: remote stores open read-only; copy the store locally to append"
+            )
         try:
             group = zarr.open_group(
-                str(path), mode="r", zarr_format=3, storage_options=dict(storage_options or {}) or None
+                str(path),
+                mode="r",
+                zarr_format=3,
+                storage_options=dict(storage_options or {}) or None,
             )
-        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.GroupNotFoundError) as e:
+        except (
+            FileNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+            zarr.errors.GroupNotFoundError,
+        ) as e:
             raise StoreError(f"{path} is not an episode store: {e}") from e
         except ValueError as e:
             raise StoreError(f"{path} could not be opened as a Zarr v3 group: {e}") from e
@@ -437,7 +470,11 @@ class EpisodeStore:
         if key not in self._readers:
             reader = None
             arr = self.array(key)
-            if not is_remote(self.path) and self.spec[key].kind == "image" and ShardFrameReader.supports(arr):
+            if (
+                not is_remote(self.path)
+                and self.spec[key].kind == "image"
+                and ShardFrameReader.supports(arr)
+            ):
                 reader = ShardFrameReader(arr, Path(self.path))
             self._readers[key] = reader
         return self._readers[key]
@@ -474,7 +511,11 @@ class EpisodeStore:
         n = self.num_episodes
         text = json.dumps(dict(info), default=_json_default)
         code = -1 if success is None else int(bool(success))
-        for name, value in (("episode_start_time", start_time), ("episode_success", code), ("episode_info", text)):
+        for name, value in (
+            ("episode_start_time", start_time),
+            ("episode_success", code),
+            ("episode_info", text),
+        ):
             arr = meta[name]
             arr.resize((n + 1,))
             arr[n] = value

@@ -85,7 +85,9 @@ class SyntheticArm:
         dq = (self.joints(t + 1e-3) - q) / 1e-3
         full = np.concatenate([q, dq])
         state = np.resize(full, self.state_dim).astype(np.float32)
-        action = (np.resize(np.concatenate([self.joints(t + 0.1), dq]), self.state_dim)).astype(np.float32)
+        action = (np.resize(np.concatenate([self.joints(t + 0.1), dq]), self.state_dim)).astype(
+            np.float32
+        )
         out: dict[str, np.ndarray] = {"state": state, "action": action}
         for key, cam in self.cameras.items():
             out[key] = self._render(cam, q, index)
@@ -101,11 +103,24 @@ class SyntheticArm:
             nx, ny = x + cam.scale * 0.6 * np.cos(angle), y + cam.scale * 0.6 * np.sin(angle)
             color = (200 - 30 * j, 120 + 25 * j, 60 + 40 * j)[: img.shape[-1]]
             cv2.line(img, (int(x), int(y)), (int(nx), int(ny)), color, thickness, cv2.LINE_AA)
-            cv2.circle(img, (int(nx), int(ny)), thickness, (240, 240, 240)[: img.shape[-1]], -1, cv2.LINE_AA)
+            cv2.circle(
+                img,
+                (int(nx), int(ny)),
+                thickness,
+                (240, 240, 240)[: img.shape[-1]],
+                -1,
+                cv2.LINE_AA,
+            )
             x, y = nx, ny
         cube = (int(cam.origin[0] + cam.scale), int(cam.origin[1] - cam.scale * 0.3))
         half = max(2, int(cam.scale / 5))
-        cv2.rectangle(img, (cube[0] - half, cube[1] - half), (cube[0] + half, cube[1] + half), (40, 160, 220)[: img.shape[-1]], -1)
+        cv2.rectangle(
+            img,
+            (cube[0] - half, cube[1] - half),
+            (cube[0] + half, cube[1] + half),
+            (40, 160, 220)[: img.shape[-1]],
+            -1,
+        )
         img = img * cam.tint[: img.shape[-1]] + cam.noise[index % len(cam.noise)]
         return np.clip(img, 0, 255).astype(np.uint8)
 

@@ -207,12 +207,18 @@ def parse_episode_list(text: str) -> list[int]:
             continue
         try:
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if part[0] != "-" else ("-" + part[1:].split("-")[0], part[1:].split("-", 1)[1])
+                lo, hi = (
+                    part.split("-", 1)
+                    if part[0] != "-"
+                    else ("-" + part[1:].split("-")[0], part[1:].split("-", 1)[1])
+                )
                 out.extend(range(int(lo), int(hi) + 1))
             else:
                 out.append(int(part))
         except ValueError:
-            raise ValueError(f"episode list {text!r}: {part!r} is not an index or a range a-b") from None
+            raise ValueError(
+                f"episode list {text!r}: {part!r} is not an index or a range a-b"
+            ) from None
     return out
 
 
@@ -248,11 +254,13 @@ def verify_store(
     if n_valid < ends_raw.size:
         report.problems.append(
             f"meta/episode_ends: entries {n_valid}..{ends_raw.size - 1} are invalid "
-            f"({ends_raw[n_valid:n_valid + 3].tolist()}...); opening the store for writing cuts them"
+            f"({ends_raw[n_valid : n_valid + 3].tolist()}...); opening the store for writing cuts them"
         )
     for name in ("episode_start_time", "episode_success", "episode_info"):
         if int(meta[name].shape[0]) < n_valid:
-            report.problems.append(f"meta/{name} has {meta[name].shape[0]} entries for {n_valid} episodes")
+            report.problems.append(
+                f"meta/{name} has {meta[name].shape[0]} entries for {n_valid} episodes"
+            )
     tail = data_len - store.num_frames
     if tail > 0:
         report.notes.append(
@@ -262,7 +270,9 @@ def verify_store(
     if not is_remote(store.path):
         partial = list(Path(store.path).rglob("*.partial"))
         if partial:
-            report.notes.append(f"{len(partial)} half-written temporary files (removed on the next append)")
+            report.notes.append(
+                f"{len(partial)} half-written temporary files (removed on the next append)"
+            )
     arrays = [("timestamp", store.array("timestamp"))]
     for key, feature in store.spec.items():
         arrays.append((key, store.array(key)))
@@ -279,11 +289,15 @@ def verify_store(
             try:
                 values = np.asarray(arr[a:b])
             except Exception as e:  # any decode failure is damage to report, not to raise
-                report.problems.append(f"{name}: frames {a}..{b - 1} cannot be read ({type(e).__name__}: {e})")
+                report.problems.append(
+                    f"{name}: frames {a}..{b - 1} cannot be read ({type(e).__name__}: {e})"
+                )
             else:
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     bad = np.flatnonzero(~np.isfinite(values.reshape(b - a, -1)).all(axis=1))
-                    report.problems.append(f"{name}: NaN or infinite values at frames {(bad + a)[:5].tolist()}")
+                    report.problems.append(
+                        f"{name}: NaN or infinite values at frames {(bad + a)[:5].tolist()}"
+                    )
             done += 1
             if progress is not None:
                 progress(done, steps)
@@ -299,7 +313,9 @@ def _block(arr: zarr.Array) -> int:
     return int(arr.shards[0] if arr.shards else arr.chunks[0])
 
 
-def _check_missing_chunks(store: EpisodeStore, name: str, arr: zarr.Array, n: int, report: VerifyReport) -> None:
+def _check_missing_chunks(
+    store: EpisodeStore, name: str, arr: zarr.Array, n: int, report: VerifyReport
+) -> None:
     """Zarr reads a missing chunk as fill values without complaint; look for the files."""
     if is_remote(store.path) or n == 0:
         return
@@ -318,7 +334,9 @@ def _check_missing_chunks(store: EpisodeStore, name: str, arr: zarr.Array, n: in
             count = min(block, n - i * block)
             empty = np.flatnonzero(index[:count, 0] == np.uint64(2**64 - 1))
             if empty.size:
-                report.problems.append(f"{name}: frames {(empty + i * block)[:5].tolist()} are missing from their shard")
+                report.problems.append(
+                    f"{name}: frames {(empty + i * block)[:5].tolist()} are missing from their shard"
+                )
     if missing:
         report.problems.append(
             f"{name}: chunk files for frames starting at {missing[:5]} are missing "

@@ -38,7 +38,11 @@ class WriterStats:
 
 
 class _KeyBuffer:
-    """The chunk (or shard) of one array that is being filled; `base` is its first frame."""
+    """The chunk (or shard) of one array being filled; `base` is its first frame.
+
+    Frames already on disk (`written`) are never written again: rewriting them would decode
+    and re-encode frames of committed episodes, which for JPEG means losing quality each time.
+    """
 
     def __init__(self, store: EpisodeStore, name: str, time_array: bool = False) -> None:
         self.arr = store.time_array(name) if time_array else store.array(name)
@@ -46,13 +50,12 @@ class _KeyBuffer:
         self.buf = np.empty((self.span, *self.arr.shape[1:]), dtype=self.arr.dtype)
         self.base = 0
         self.n = 0
+        self.written = 0
 
     def load_tail(self, committed: int) -> None:
-        """Position at `committed`, reading back the committed head of its chunk."""
+        """Continue after frame `committed`; the head of its chunk is already on disk."""
         self.base = committed - committed % self.span
-        self.n = committed - self.base
-        if self.n:
-            self.buf[: self.n] = self.arr[self.base : committed]
+        self.n = self.written = committed - self.base
 
     def append(self, value: np.ndarray) -> None:
         self.buf[self.n] = value
@@ -60,15 +63,16 @@ class _KeyBuffer:
         if self.n == self.span:
             self.flush()
             self.base += self.span
-            self.n = 0
+            self.n = self.written = 0
 
     def flush(self) -> None:
-        end = self.base + self.n
-        if self.n == 0:
+        if self.n == self.written:
             return
+        end = self.base + self.n
         if self.arr.shape[0] < end:
             self.arr.resize((end, *self.arr.shape[1:]))
-        self.arr[self.base : end] = self.buf[: self.n]
+        self.arr[self.base + self.written : end] = self.buf[self.written : self.n]
+        self.written = self.n
 
     def truncate(self, length: int) -> None:
         if self.arr.shape[0] > length:
@@ -122,7 +126,9 @@ class EpisodeWriter:
         )
         for buf in self._buffers.values():
             buf.load_tail(store.num_frames)
-        self._thread = threading.Thread(target=self._run, name="robolearn-episode-writer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="robolearn-episode-writer", daemon=True
+        )
         self._thread.start()
 
     # ------------------------------------------------------------------ caller side
@@ -195,7 +201,9 @@ class EpisodeWriter:
         self._episode_frames += 1
         self.stats.frames += 1
 
-    def save(self, *, success: bool | None = None, extra: Mapping[str, Any] | None = None) -> EpisodeInfo:
+    def save(
+        self, *, success: bool | None = None, extra: Mapping[str, Any] | None = None
+    ) -> EpisodeInfo:
         """Commit the episode in flight; blocks until it is on disk and returns its info."""
         self._check_usable()
         if not self._in_episode:
@@ -255,7 +263,9 @@ class EpisodeWriter:
             )
         missing = [k for k in self.spec if k not in frame]
         if missing:
-            raise FrameError(f"frame is missing {missing}; every frame carries every key of the spec")
+            raise FrameError(
+                f"frame is missing {missing}; every frame carries every key of the spec"
+            )
         return {key: _coerce(key, feature, frame[key]) for key, feature in self.spec.items()}
 
     def _reserve(self, nbytes: int) -> None:
@@ -263,13 +273,17 @@ class EpisodeWriter:
             if self._queued_bytes + nbytes > self._max_queue_bytes and self._queued_bytes > 0:
                 t = time.perf_counter()
                 self.stats.stalls += 1
-                while self._queued_bytes + nbytes > self._max_queue_bytes and self._queued_bytes > 0:
+                while (
+                    self._queued_bytes + nbytes > self._max_queue_bytes and self._queued_bytes > 0
+                ):
                     if self._error is not None:
                         break
                     self._cond.wait(0.1)
                 waited = time.perf_counter() - t
                 self.stats.stall_seconds += waited
-                log.warning("episode writer is behind the frame rate: the caller waited %.3f s", waited)
+                log.warning(
+                    "episode writer is behind the frame rate: the caller waited %.3f s", waited
+                )
             self._queued_bytes += nbytes
             self.stats.bytes_queued_peak = max(self.stats.bytes_queued_peak, self._queued_bytes)
         self._check_usable()

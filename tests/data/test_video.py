@@ -99,10 +99,11 @@ def test_single_camera_round_trip(tmp_path: Path) -> None:
     assert same < 8, same
     # The moving circle makes a different frame clearly worse: frames are in order, not shifted.
     assert other > 2 * same, (same, other)
-    # Red circle stays red: channels were swapped to BGR for OpenCV and back.
-    assert frames[mid][..., 0].mean() > 0 and np.corrcoef(
-        frames[mid][..., 0].ravel(), stored[mid][..., 0].ravel()
-    )[0, 1] > 0.9
+    # The red circle stays red: channels were swapped to BGR for OpenCV and back.
+    circle = (stored[mid][..., 0] > 200) & (stored[mid][..., 2] < 60)
+    assert circle.sum() > 50
+    assert frames[mid][circle][:, 0].mean() > 180
+    assert frames[mid][circle][:, 2].mean() < 80
 
 
 def test_plays_at_measured_rate_by_default(tmp_path: Path) -> None:
@@ -176,7 +177,8 @@ def test_long_episode_is_read_in_blocks(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(frames) == 30
     image_reads = [r for r in reads if r[0] == "front"]
     assert max(stop - start for _, start, stop in image_reads) <= 7
-    assert image_reads[0][1] == 5 and image_reads[-1][2] == 35
+    assert image_reads[0][1] == 5
+    assert image_reads[-1][2] == 35
 
     stored = real_read("front", 5, 35)
     errors = [mae(f, s) for f, s in zip(frames, stored, strict=True)]
@@ -190,7 +192,8 @@ def test_label_is_drawn_top_left(tmp_path: Path) -> None:
     # The scene has no white pixels; the label's white text does, only in the top-left corner.
     white = (labelled[3] > 200).all(axis=-1)
     assert white[:20, :80].sum() > 20
-    assert not white[20:].any() and not white[:, 80:].any()
+    assert not white[20:].any()
+    assert not white[:, 80:].any()
     assert not (plain[3] > 200).all(axis=-1).any()
     assert mae(plain[3][40:], labelled[3][40:]) < 3
 
@@ -217,3 +220,19 @@ def test_errors_name_the_problem_and_the_fix(tmp_path: Path) -> None:
     blind = make_store(tmp_path / "blind.zarr", {}, lengths=(3,))
     with pytest.raises(StoreError, match=r"no image keys.*plot_episode"):
         export_video(blind, 0, tmp_path / "b.mp4")
+
+
+def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video, "BLOCK_FRAMES", 4)
+    store = make_store(tmp_path / "s.zarr", {"front": (32, 32, 3)}, lengths=(10,))
+    real_read = store.read
+
+    def failing(key: str, start: int, stop: int) -> np.ndarray:
+        if key == "front" and start >= 4:
+            raise OSError("disk went away")
+        return real_read(key, start, stop)
+
+    monkeypatch.setattr(store, "read", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        export_video(store, 0, tmp_path / "out" / "a.mp4")
+    assert list((tmp_path / "out").iterdir()) == []
