@@ -350,7 +350,7 @@ class EpisodeStore:
 
     def _inspect_tail(self) -> RecoveryReport:
         frames = self.num_frames
-        extra = max(int(self.array("timestamp").shape[0]) - frames, 0)
+        extra = max(max(int(a.shape[0]) for a in self._all_frame_arrays()) - frames, 0)
         if extra:
             log.warning(
                 "%s: %d frames past the last committed episode (an unfinished episode) are ignored",
@@ -365,7 +365,7 @@ class EpisodeStore:
         if name not in self._arrays:
             if key != "timestamp" and key not in self.spec:
                 raise KeyError(f"no key {key!r} in this store; it has {list(self.spec)}")
-            self._arrays[name] = self._group[name]
+            self._arrays[name] = _frame_array(self._group, name)
         return self._arrays[name]
 
     def time_array(self, key: str) -> zarr.Array:
@@ -374,7 +374,7 @@ class EpisodeStore:
             raise KeyError(f"{key!r} is not an observation key of this store")
         name = f"time/{key}"
         if name not in self._arrays:
-            self._arrays[name] = self._group[name]
+            self._arrays[name] = _frame_array(self._group, name)
         return self._arrays[name]
 
     @property
@@ -537,6 +537,12 @@ class EpisodeStore:
 
 
 # ---------------------------------------------------------------------- helpers
+def _frame_array(group: zarr.Group, name: str) -> zarr.Array:
+    # Zarr skips chunks equal to the fill value by default; writing them all means a missing
+    # chunk file is always damage that `verify` can report, never an all-zero gripper signal.
+    return group[name].with_config({"write_empty_chunks": True})
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

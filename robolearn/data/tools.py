@@ -261,7 +261,7 @@ def verify_store(
             report.problems.append(
                 f"meta/{name} has {meta[name].shape[0]} entries for {n_valid} episodes"
             )
-    tail = data_len - store.num_frames
+    tail = max(int(store.array(k).shape[0]) for k in [*store.spec, "timestamp"]) - store.num_frames
     if tail > 0:
         report.notes.append(
             f"{tail} frames past the last committed episode (an unfinished episode); "
