@@ -17,6 +17,10 @@ class StoreError(RobolearnError):
     """A path is not an episode store, or the store is damaged or in use."""
 
 
+class EpisodeIndexError(StoreError, IndexError):
+    """An episode index outside the store."""
+
+
 class FormatVersionError(StoreError):
     """A store was written by a newer robolearn whose format this version cannot read."""
 

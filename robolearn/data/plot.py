@@ -44,7 +44,7 @@ def plot_episode(
     line per dimension labelled with the feature's dimension names. Action limits in the spec
     are drawn as dashed lines in the colour of their dimension.
     """
-    info = _episode_info(store, episode)
+    info = store.episode(episode)
     keys = _plot_keys(store, keys)
     data = store.read_episode(info.index, keys)
     t = data["timestamp"]
@@ -99,7 +99,7 @@ def plot_timing(
     Periods longer than 1.5 nominal periods (dropped frames, stalls) are marked in red, so
     a glance shows whether the recorder kept up.
     """
-    info = _episode_info(store, episode)
+    info = store.episode(episode)
     t = store.read("timestamp", info.start, info.end)
     nominal_ms = 1000.0 / store.fps
     periods_ms = np.diff(t) * 1000.0
@@ -155,17 +155,6 @@ def plot_timing(
             gaps[:10].tolist(),
         )
     return _save(fig, out_path, f"timing of episode {info.index}")
-
-
-def _episode_info(store: EpisodeStore, episode: int) -> EpisodeInfo:
-    try:
-        return store.episode(episode)
-    except IndexError:
-        n = store.num_episodes
-        hint = f"pick one of 0..{n - 1}" if n else "record an episode first"
-        raise StoreError(
-            f"episode {episode} does not exist in {store.path}: it has {n} episodes; {hint}"
-        ) from None
 
 
 def _plot_keys(store: EpisodeStore, keys: Sequence[str] | None) -> list[str]:

@@ -37,7 +37,7 @@ import zarr.errors
 from robolearn import __version__
 from robolearn.data.codecs import CodecChoice
 from robolearn.data.fastread import ShardFrameReader
-from robolearn.errors import FormatVersionError, SpecError, StoreError
+from robolearn.errors import EpisodeIndexError, FormatVersionError, SpecError, StoreError
 from robolearn.spec import FeatureSpec
 
 if TYPE_CHECKING:
@@ -407,7 +407,10 @@ class EpisodeStore:
     def _check_episode(self, index: int) -> int:
         n = self.num_episodes
         if not -n <= index < n:
-            raise IndexError(f"episode {index} does not exist; the store has {n} episodes")
+            hint = f"pick one of 0..{n - 1}" if n else "record an episode first"
+            raise EpisodeIndexError(
+                f"episode {index} does not exist; the store has {n} episodes ({hint})"
+            )
         return index % n
 
     def bounds(self, index: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from robolearn.data.store import EpisodeInfo, EpisodeStore
+from robolearn.data.store import EpisodeStore
 from robolearn.errors import SpecError, StoreError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def export_video(
     time even when the recorder ran slower than its nominal rate. `label` draws the frame
     index and time in the top-left corner.
     """
-    info = _episode_info(store, episode)
+    info = store.episode(episode)
     keys = _image_keys(store, keys)
     start, end = info.start, info.end
     n = info.length
@@ -101,17 +101,6 @@ def export_video(
         out_h,
     )
     return out_path
-
-
-def _episode_info(store: EpisodeStore, episode: int) -> EpisodeInfo:
-    try:
-        return store.episode(episode)
-    except IndexError:
-        n = store.num_episodes
-        hint = f"pick one of 0..{n - 1}" if n else "record an episode first"
-        raise StoreError(
-            f"episode {episode} does not exist in {store.path}: it has {n} episodes; {hint}"
-        ) from None
 
 
 def _image_keys(store: EpisodeStore, keys: Sequence[str] | None) -> list[str]:
@@ -188,26 +177,10 @@ def _draw_label(canvas: np.ndarray, text: str) -> None:
     (_, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     origin = (4, 4 + text_h)
     # A dark outline under white text keeps it legible on both bright and dark images.
-    cv2.putText(
-        canvas,
-        text,
-        origin,
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (0, 0, 0),
-        thickness + 2,
-        cv2.LINE_AA,
-    )
-    cv2.putText(
-        canvas,
-        text,
-        origin,
-        cv2.FONT_HERSHEY_SIMPLEX,
-        scale,
-        (255, 255, 255),
-        thickness,
-        cv2.LINE_AA,
-    )
+    for color, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
+        cv2.putText(
+            canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, width, cv2.LINE_AA
+        )
 
 
 def _check_readable(path: Path, frames: int) -> None:
