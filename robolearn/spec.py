@@ -13,6 +13,10 @@ import numpy as np
 from robolearn.errors import SpecError
 
 KINDS = ("state", "action", "image")
+# How an action feature commands the arm: absolute joint targets (the gripper included), or a
+# change of end-effector pose per tick: dx dy dz (m), rotation vector drx dry drz (rad), gripper.
+ACTION_REPRESENTATIONS = ("joint_position", "ee_delta")
+LIMIT_MODES = ("clip", "reject")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 RESERVED_NAMES = frozenset({"timestamp", "episode_index", "frame_index", "index"})
 
@@ -23,7 +27,8 @@ class Feature:
 
     `names` labels the dimensions of a 1-D feature (e.g. joint names). `low` / `high` are the
     limits of an action (one value per dimension); robots and the safety filter enforce them.
-    Images are uint8 H×W×C.
+    Images are uint8 H×W×C. An action names its `representation` (see ACTION_REPRESENTATIONS)
+    and what a robot does with values outside its limits (`on_limit`: clip or reject).
     """
 
     shape: tuple[int, ...]
@@ -32,6 +37,8 @@ class Feature:
     names: tuple[str, ...] | None = None
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
+    representation: str | None = None
+    on_limit: str = "clip"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -80,6 +87,18 @@ class Feature:
                     )
                 if any(math.isnan(v) for v in value):
                     raise SpecError(f"feature {name!r}: {attr} contains NaN")
+        if self.representation is not None:
+            if self.kind != "action":
+                raise SpecError(f"{self.kind} {name!r} cannot have an action representation")
+            if self.representation not in ACTION_REPRESENTATIONS:
+                raise SpecError(
+                    f"action {name!r}: representation {self.representation!r} is not one of "
+                    f"{ACTION_REPRESENTATIONS}"
+                )
+        if self.on_limit not in LIMIT_MODES:
+            raise SpecError(
+                f"feature {name!r}: on_limit {self.on_limit!r} is not one of {LIMIT_MODES}"
+            )
         if self.low is not None and self.high is not None:
             bad = [i for i, (lo, hi) in enumerate(zip(self.low, self.high, strict=True)) if lo > hi]
             if bad:
@@ -99,11 +118,24 @@ class Feature:
             value = getattr(self, attr)
             if value is not None:
                 d[attr] = list(value)
+        if self.representation is not None:
+            d["representation"] = self.representation
+        if self.on_limit != "clip":
+            d["on_limit"] = self.on_limit
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str = "?") -> Feature:
-        unknown = set(d) - {"shape", "dtype", "kind", "names", "low", "high"}
+        unknown = set(d) - {
+            "shape",
+            "dtype",
+            "kind",
+            "names",
+            "low",
+            "high",
+            "representation",
+            "on_limit",
+        }
         if unknown:
             raise SpecError(f"feature {name!r}: unknown field(s) {sorted(unknown)}")
         missing = {"shape", "dtype", "kind"} - set(d)
@@ -116,6 +148,8 @@ class Feature:
             names=d.get("names"),
             low=d.get("low"),
             high=d.get("high"),
+            representation=d.get("representation"),
+            on_limit=d.get("on_limit", "clip"),
         )
         feature.check(name)
         return feature
@@ -215,6 +249,14 @@ class FeatureSpec(Mapping[str, Feature]):
             if mine.dtype != theirs.dtype:
                 raise SpecError(
                     f"{name!r} is {mine.dtype} in {what} but {other_what} expects {theirs.dtype}"
+                )
+            if mine.representation != theirs.representation and None not in (
+                mine.representation,
+                theirs.representation,
+            ):
+                raise SpecError(
+                    f"action {name!r} is {mine.representation} in {what} but "
+                    f"{theirs.representation} in {other_what}"
                 )
             if mine.names is not None and theirs.names is not None and mine.names != theirs.names:
                 diff = [

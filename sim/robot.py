@@ -1,0 +1,299 @@
+"""PyBulletRobot: a simulated arm, its cameras and a task scene behind the HAL's Robot contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet as p
+
+from robolearn.hal import Observation, SimRobot
+from robolearn.spec import Feature, FeatureSpec
+from sim.arms import PANDA, SO101, ArmModel, SimArm
+from sim.tasks.base import Task
+from sim.world import (
+    LockStepClock,
+    PhysicsConfig,
+    RealTimeClock,
+    SimWorld,
+    new_client,
+    quat_multiply,
+    quat_to_rotvec,
+    rotvec_to_quat,
+)
+
+EE_KEY = "action.ee"
+JOINT_KEY = "action.joint"
+ARMS = {"panda": PANDA, "so101": SO101}
+
+
+@dataclass
+class CameraConfig:
+    """A camera: fixed in the world (`eye` looking at `target`) or riding on the wrist (`mount`).
+
+    For a wrist camera, `eye` and `target` are in the mount link's frame.
+    """
+
+    name: str
+    width: int = 96
+    height: int = 96
+    fov: float = 60.0
+    eye: tuple[float, float, float] = (1.1, 0.0, 0.7)
+    target: tuple[float, float, float] = (0.45, 0.0, 0.05)
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    mount: str | None = None  # "wrist" to ride on the arm's camera link
+    near: float = 0.01
+    far: float = 3.0
+    jitter: float = 0.0  # metres of random eye displacement per reset (domain randomisation)
+
+
+def rot6d(quat: np.ndarray) -> np.ndarray:
+    """First two columns of the rotation matrix: a continuous encoding of orientation."""
+    m = np.array(p.getMatrixFromQuaternion(quat)).reshape(3, 3)
+    return np.concatenate([m[:, 0], m[:, 1]])
+
+
+class PyBulletRobot(SimRobot):
+    """A simulated arm with cameras and a task scene.
+
+    Observations: `state` (joint positions and gripper, in the arm's units), `ee_pose` (position
+    and 6-D rotation), the task's privileged state keys, and one image per camera. Actions:
+    `action.joint` (absolute joint targets + gripper) and `action.ee` (end-effector delta:
+    dx dy dz in metres, rotation vector in radians, gripper 0 closed … 1 open). Both are returned
+    by `act()` whichever one was sent, so a recorder can keep both.
+
+    `clock="lockstep"` runs the physics only when the control loop sleeps (as fast as the CPU
+    allows); `clock="realtime"` keeps simulated time equal to wall time.
+    """
+
+    def __init__(
+        self,
+        arm: ArmModel | str = "panda",
+        *,
+        task: Task | None = None,
+        cameras: Sequence[CameraConfig] = (),
+        clock: str = "lockstep",
+        physics: PhysicsConfig | None = None,
+        max_ee_step: float = 0.05,
+        max_rot_step: float = 0.3,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(arm, str):
+            if arm not in ARMS:
+                raise ValueError(f"unknown arm {arm!r}; choose one of {sorted(ARMS)}")
+            arm = ARMS[arm]
+        if clock not in ("lockstep", "realtime"):
+            raise ValueError(f"clock must be 'lockstep' or 'realtime', got {clock!r}")
+        names = [c.name for c in cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must differ, got {names}")
+        self.model = arm
+        self.task = task
+        self.cameras = list(cameras)
+        self.clock_mode = clock
+        self.physics = physics or PhysicsConfig()
+        self.max_ee_step = float(max_ee_step)
+        self.max_rot_step = float(max_rot_step)
+        self._seed = seed
+        self.world: SimWorld | None = None
+        self.arm: SimArm | None = None
+        self._clock: LockStepClock | RealTimeClock | None = None
+        self._spec = self._build_spec()
+
+    # ------------------------------------------------------------------ spec
+    def _build_spec(self) -> FeatureSpec:
+        m = self.model
+        n = len(m.joint_names)
+        features: dict[str, Feature] = {
+            "state": Feature((n + 1,), "float32", "state", names=m.names()),
+            "ee_pose": Feature(
+                (9,),
+                "float32",
+                "state",
+                names=["x", "y", "z", "r11", "r21", "r31", "r12", "r22", "r32"],
+            ),
+        }
+        if self.task is not None:
+            features.update(self.task.state_features())
+        for cam in self.cameras:
+            features[cam.name] = Feature((cam.height, cam.width, 3), "uint8", "image")
+        low, high = self._joint_limits()
+        features[JOINT_KEY] = Feature(
+            (n + 1,),
+            "float32",
+            "action",
+            names=m.names(),
+            low=low,
+            high=high,
+            representation="joint_position",
+        )
+        s, r = self.max_ee_step, self.max_rot_step
+        features[EE_KEY] = Feature(
+            (7,),
+            "float32",
+            "action",
+            names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+            low=[-s, -s, -s, -r, -r, -r, 0.0],
+            high=[s, s, s, r, r, r, 1.0],
+            representation="ee_delta",
+        )
+        return FeatureSpec(features)
+
+    def _joint_limits(self) -> tuple[list[float], list[float]]:
+        # Read the limits from the URDF once, with a throwaway kinematics client.
+        client = new_client()
+        try:
+            body = client.loadURDF(self.model.urdf, useFixedBase=True)
+            index = {
+                client.getJointInfo(body, j)[1].decode(): j
+                for j in range(client.getNumJoints(body))
+            }
+            low = [
+                client.getJointInfo(body, index[n])[8] * self.model.scale
+                for n in self.model.joint_names
+            ]
+            high = [
+                client.getJointInfo(body, index[n])[9] * self.model.scale
+                for n in self.model.joint_names
+            ]
+        finally:
+            client.disconnect()
+        g0, g1 = self.model.gripper_range
+        return [*low, min(g0, g1)], [*high, max(g0, g1)]
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self._spec
+
+    @property
+    def clock(self) -> LockStepClock | RealTimeClock:
+        if self._clock is None:
+            raise RuntimeError("the robot's clock exists once it is connected")
+        return self._clock
+
+    # ------------------------------------------------------------------ lifecycle
+    def _connect(self) -> None:
+        self.world = SimWorld(self.physics)
+        self.arm = SimArm(self.world.client, self.model)
+        if self.task is not None:
+            self.task.build(self.world, self.arm)
+        self._clock = (
+            LockStepClock(self.world)
+            if self.clock_mode == "lockstep"
+            else RealTimeClock(self.world)
+        )
+        self._views: dict[str, tuple[list[float], list[float]]] = {}
+        self._eye_offsets = {c.name: np.zeros(3) for c in self.cameras}
+        self._connected = True  # reset() below observes, which needs a connected robot
+        self.reset(self._seed)
+
+    def _disconnect(self) -> None:
+        if self.arm is not None:
+            self.arm.close()
+        if self.world is not None:
+            self.world.close()
+        self.world = self.arm = self._clock = None
+
+    def reset(self, seed: int | None = None) -> Observation:
+        self._require_connected()
+        rng = np.random.default_rng(seed)
+        arm, world = self.arm, self.world
+        assert arm is not None and world is not None
+        arm.reset(np.array(self.model.home), open_fraction=1.0)
+        if self.task is not None:
+            self.task.reset(rng)
+        for cam in self.cameras:
+            self._eye_offsets[cam.name] = (
+                rng.normal(0.0, cam.jitter, 3) if cam.jitter > 0 else np.zeros(3)
+            )
+        world.step(int(0.1 * self.physics.hz))  # let objects settle on the table
+        if isinstance(self._clock, RealTimeClock):
+            self._clock = RealTimeClock(world)
+        self._q_target = arm.joint_positions()
+        self._grip_target = 1.0
+        self._ee_target = arm.ee_pose()
+        return self.observe()
+
+    # ------------------------------------------------------------------ observe / act
+    def _observe(self) -> Observation:
+        arm = self.arm
+        assert arm is not None
+        self.clock.sync()
+        now = self.clock.now()
+        q = arm.joint_positions() * self.model.scale
+        g0, g1 = self.model.gripper_range
+        grip = g0 + arm.open_fraction() * (g1 - g0)
+        pos, quat = arm.ee_pose()
+        values: dict[str, np.ndarray] = {
+            "state": np.array([*q, grip], dtype=np.float32),
+            "ee_pose": np.concatenate([pos, rot6d(quat)]).astype(np.float32),
+        }
+        if self.task is not None:
+            values.update(
+                {k: np.asarray(v, dtype=np.float32) for k, v in self.task.state().items()}
+            )
+        times = dict.fromkeys(values, now)
+        for cam in self.cameras:
+            values[cam.name] = self.render(cam)
+            times[cam.name] = self.clock.now()
+        return Observation(values, times)
+
+    def _send(self, key: str, action: np.ndarray) -> dict[str, np.ndarray]:
+        arm = self.arm
+        assert arm is not None
+        self.clock.sync()
+        n = len(self.model.joint_names)
+        g0, g1 = self.model.gripper_range
+        prev_pos, prev_quat = self._ee_target
+        if key == JOINT_KEY:
+            q = action[:n].astype(np.float64) / self.model.scale
+            grip = float((action[n] - g0) / (g1 - g0))
+            pos, quat = arm.forward(q)
+        else:
+            pos = prev_pos + action[:3]
+            quat = quat_multiply(rotvec_to_quat(action[3:6]), prev_quat)
+            quat /= np.linalg.norm(quat)
+            grip = float(action[6])
+            q = arm.inverse(pos, quat, seed=self._q_target)
+            if not self.model.ik_orientation:
+                # The arm cannot take every orientation: the target follows what IK reached.
+                pos, quat = arm.forward(q)
+        arm.command(q, grip)
+        self._q_target, self._grip_target, self._ee_target = q, grip, (pos, quat)
+        joint = np.array([*(q * self.model.scale), g0 + grip * (g1 - g0)], dtype=np.float32)
+        delta_quat = quat_multiply(quat, _conjugate(prev_quat))
+        ee = np.array([*(pos - prev_pos), *quat_to_rotvec(delta_quat), grip], dtype=np.float32)
+        return {JOINT_KEY: joint, EE_KEY: ee}
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, cam: CameraConfig) -> np.ndarray:
+        """One RGB frame of `cam` (uint8 H×W×3)."""
+        arm, world = self.arm, self.world
+        assert arm is not None and world is not None
+        eye = np.array(cam.eye) + self._eye_offsets.get(cam.name, 0.0)
+        target, up = np.array(cam.target), np.array(cam.up)
+        if cam.mount == "wrist":
+            if arm.camera is None:
+                raise ValueError(f"{self.model.name} has no wrist camera link")
+            lpos, lquat = arm.link_pose(arm.camera)
+            m = np.array(p.getMatrixFromQuaternion(lquat)).reshape(3, 3)
+            eye, target, up = lpos + m @ eye, lpos + m @ target, m @ up
+        view = world.client.computeViewMatrix(eye.tolist(), target.tolist(), up.tolist())
+        proj = world.client.computeProjectionMatrixFOV(
+            cam.fov, cam.width / cam.height, cam.near, cam.far
+        )
+        _, _, rgba, _, _ = world.client.getCameraImage(
+            cam.width,
+            cam.height,
+            view,
+            proj,
+            renderer=world.renderer,
+            flags=p.ER_NO_SEGMENTATION_MASK,
+            lightDirection=[0.4, -0.3, 1.0],
+        )
+        return np.asarray(rgba, dtype=np.uint8).reshape(cam.height, cam.width, 4)[..., :3].copy()
+
+
+def _conjugate(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
