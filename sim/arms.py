@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,5 @@ class SimArm:
         return np.clip(q, self.joint_low, self.joint_high)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.kin.disconnect()
-        except Exception:
-            pass

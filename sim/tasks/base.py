@@ -47,7 +47,7 @@ class Task(ABC):
 
     @property
     def max_steps(self) -> int:
-        return int(round(self.config.max_seconds * self.config.control_hz))
+        return round(self.config.max_seconds * self.config.control_hz)
 
     def build(self, world: SimWorld, arm: SimArm) -> None:
         """Load the scene's objects into `world` once."""
