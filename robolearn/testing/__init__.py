@@ -1,0 +1,1 @@
+"""Reusable test suites for implementations of robolearn contracts (needs pytest)."""

@@ -1,0 +1,35 @@
+"""The simulated arms pass the HAL conformance suite, in lock-step and in real time."""
+
+from __future__ import annotations
+
+import pytest
+
+from robolearn.testing.conformance import RobotConformance
+from sim.robot import CameraConfig, PyBulletRobot
+
+CAMERAS = [
+    CameraConfig("top", width=48, height=40),
+    CameraConfig(
+        "wrist",
+        width=32,
+        height=32,
+        mount="wrist",
+        eye=(0.05, 0.0, 0.0),
+        target=(0.05, 0.0, 0.2),
+        up=(1.0, 0.0, 0.0),
+    ),
+]
+
+
+class TestPandaLockStep(RobotConformance):
+    @pytest.fixture
+    def robot(self):
+        with PyBulletRobot("panda", cameras=CAMERAS, seed=0) as robot:
+            yield robot
+
+
+class TestPandaRealTime(RobotConformance):
+    @pytest.fixture
+    def robot(self):
+        with PyBulletRobot("panda", cameras=CAMERAS[:1], clock="realtime", seed=0) as robot:
+            yield robot
