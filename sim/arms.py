@@ -44,6 +44,10 @@ class ArmModel:
     )  # xyzw, gripper pointing down
     ik_orientation: bool = True  # 5-DoF arms cannot reach every orientation: solve position first
     position_gain: float = 0.3
+    # Where tasks put objects: x and y ranges (m) on the table in front of the arm, and the
+    # height (m) above the table where experts hover before going down.
+    workspace: tuple[tuple[float, float], tuple[float, float]] = ((0.4, 0.65), (-0.2, 0.2))
+    hover: float = 0.15
     state_names: tuple[str, ...] = field(default=())
 
     @property
@@ -87,6 +91,8 @@ SO101 = ArmModel(
     gripper_force=3.0,
     ik_orientation=False,
     position_gain=0.2,
+    workspace=((0.17, 0.27), (-0.1, 0.1)),
+    hover=0.08,
 )
 
 
