@@ -74,14 +74,16 @@ class PickPlace(Task):
         return PickPlaceExpert(self, robot, rng)
 
 
-class PickPlaceExpert(WaypointExpert):
-    """Grasp from above with the jaws square to the cube, carry, set down, let go.
+class CarryExpert(WaypointExpert):
+    """Picks `body` up and lets it go at `drop_point()`, correcting for where it sits in the hand.
 
     Per episode it draws a hover height, a speed, a noise level and a carrying route (straight,
-    or arcing out to the left or right), so the demonstrations are multimodal.
+    or arcing out to the left or right), so the demonstrations are multimodal. Once the cube is
+    lifted, the remaining waypoints are shifted by the cube's offset from the gripper centre,
+    as a person would aim with the cube rather than with the hand.
     """
 
-    def __init__(self, task: PickPlace, robot, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, task, robot, rng: np.random.Generator, body: int) -> None:  # type: ignore[no-untyped-def]
         super().__init__(
             robot,
             rng,
@@ -89,38 +91,74 @@ class PickPlaceExpert(WaypointExpert):
             noise=float(rng.uniform(0.0005, 0.002)),
         )
         self.task = task
+        self.body = body
         self.hover = task.arm.model.hover * float(rng.uniform(0.8, 1.2))
         self.route = int(rng.integers(0, 3))  # 0 straight, 1 arc left, 2 arc right
-        self._planned = False
+        self._nominal: list[np.ndarray] = []
+        self._corrected = False
+
+    def drop_point(self) -> np.ndarray:
+        raise NotImplementedError
 
     def on_tick(self, obs) -> None:  # type: ignore[no-untyped-def]
-        if self._planned:
+        client = self.task.world.client
+        if not self._nominal:
+            cube, yaw = pose(client, self.body)
+            self.plan(
+                pick_and_place_route(
+                    cube,
+                    yaw,
+                    self.task.half,
+                    self.drop_point(),
+                    _current_yaw(obs),
+                    self.hover,
+                    self.route,
+                )
+            )
+            self._nominal = [w.pos.copy() for w in self.waypoints]
             return
-        self._planned = True
-        world = self.task.world
-        cube, yaw = pose(world.client, self.task.cube)
-        target, _ = pose(world.client, self.task.target)
-        ee_yaw = _current_yaw(obs)
-        # the jaws close across a face: any of 4 yaws works; take the one closest to the tool's
-        grasp_yaw = yaw + np.pi / 2 * np.round((ee_yaw - yaw) / (np.pi / 2))
-        h = self.task.half
-        up = np.array([0, 0, self.hover])
-        grasp = np.array([cube[0], cube[1], max(h * 0.8, 0.008)])
-        drop = np.array([target[0], target[1], 2 * h + 0.01])
-        route = [Waypoint(grasp + up, 1.0, tol=0.01, yaw=grasp_yaw)]
-        route += [Waypoint(grasp, 1.0, tol=0.004, yaw=grasp_yaw, speed=0.01)]
-        route += [Waypoint(grasp, 0.0, tol=0.01, dwell=4)]
-        route += [Waypoint(grasp + up, 0.0, tol=0.015)]
-        if self.route:
-            mid = (grasp + drop) / 2 + up
-            side = np.array([-(drop - grasp)[1], (drop - grasp)[0], 0.0])
-            side = side / (np.linalg.norm(side) + 1e-9) * (0.08 if self.route == 1 else -0.08)
-            route += [Waypoint(mid + side * self.task.half / 0.02, 0.0, tol=0.03)]
-        route += [Waypoint(drop + up, 0.0, tol=0.01)]
-        route += [Waypoint(drop, 0.0, tol=0.006, speed=0.01)]
-        route += [Waypoint(drop, 1.0, tol=0.02, dwell=3)]
-        route += [Waypoint(drop + up, 1.0, tol=0.02)]
-        self.plan(route)
+
+
+PICKED = 4  # waypoints before the cube is in the air
+
+
+class PickPlaceExpert(CarryExpert):
+    def __init__(self, task: PickPlace, robot, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(task, robot, rng, task.cube)
+
+    def drop_point(self) -> np.ndarray:
+        target, _ = pose(self.task.world.client, self.task.target)
+        return np.array([target[0], target[1], 2 * self.task.half + 0.01])
+
+
+def pick_and_place_route(
+    cube: np.ndarray,
+    cube_yaw: float,
+    half: float,
+    drop: np.ndarray,
+    tool_yaw: float,
+    hover: float,
+    route: int,
+) -> list[Waypoint]:
+    """Waypoints to grasp a cube from above and let it go at `drop` (0 straight, 1/2 arcs)."""
+    # the jaws close across a face: any of 4 yaws works; take the one closest to the tool's
+    grasp_yaw = cube_yaw + np.pi / 2 * np.round((tool_yaw - cube_yaw) / (np.pi / 2))
+    up = np.array([0, 0, hover])
+    grasp = np.array([cube[0], cube[1], max(half * 0.8, 0.008)])
+    plan = [Waypoint(grasp + up, 1.0, tol=0.01, yaw=grasp_yaw)]
+    plan += [Waypoint(grasp, 1.0, tol=0.004, yaw=grasp_yaw, speed=0.01)]
+    plan += [Waypoint(grasp, 0.0, tol=0.01, dwell=4)]
+    plan += [Waypoint(grasp + up, 0.0, tol=0.015)]
+    if route:
+        mid = (grasp + drop) / 2 + up
+        side = np.array([-(drop - grasp)[1], (drop - grasp)[0], 0.0])
+        side = side / (np.linalg.norm(side) + 1e-9) * (0.08 if route == 1 else -0.08) * half / 0.02
+        plan += [Waypoint(mid + side, 0.0, tol=0.03)]
+    plan += [Waypoint(drop + up, 0.0, tol=0.01)]
+    plan += [Waypoint(drop, 0.0, tol=0.006, speed=0.01)]
+    plan += [Waypoint(drop, 1.0, tol=0.02, dwell=3)]
+    plan += [Waypoint(drop + up, 1.0, tol=0.02)]
+    return plan
 
 
 def _current_yaw(obs) -> float:  # type: ignore[no-untyped-def]
