@@ -262,8 +262,14 @@ class PyBulletRobot(SimRobot):
         arm.command(q, grip)
         self._q_target, self._grip_target, self._ee_target = q, grip, (pos, quat)
         joint = np.array([*(q * self.model.scale), g0 + grip * (g1 - g0)], dtype=np.float32)
-        delta_quat = quat_multiply(quat, _conjugate(prev_quat))
-        ee = np.array([*(pos - prev_pos), *quat_to_rotvec(delta_quat), grip], dtype=np.float32)
+        if key == EE_KEY:
+            ee = action.astype(np.float32)  # the delta as sent (after the limits)
+        else:
+            # The end-effector delta this joint target amounts to, within the delta limits.
+            delta_quat = quat_multiply(quat, _conjugate(prev_quat))
+            ee = np.array([*(pos - prev_pos), *quat_to_rotvec(delta_quat), grip])
+            f = self.spec[EE_KEY]
+            ee = np.clip(ee, f.low, f.high).astype(np.float32)
         return {JOINT_KEY: joint, EE_KEY: ee}
 
     # ------------------------------------------------------------------ rendering

@@ -93,3 +93,26 @@ def test_bad_configuration_is_named() -> None:
         PyBulletRobot("panda", clock="fast")
     with pytest.raises(ValueError, match="camera names"):
         PyBulletRobot("panda", cameras=[CameraConfig("a"), CameraConfig("a")])
+
+
+def test_so101_spec_uses_lerobot_names_and_units() -> None:
+    robot = PyBulletRobot("so101")
+    names = robot.spec["state"].names
+    assert names == (
+        "shoulder_pan.pos",
+        "shoulder_lift.pos",
+        "elbow_flex.pos",
+        "wrist_flex.pos",
+        "wrist_roll.pos",
+        "gripper.pos",
+    )
+    joint = robot.spec["action.joint"]
+    assert joint.high[0] == pytest.approx(110.0, abs=0.1)  # degrees, as lerobot's use_degrees
+    assert (joint.low[-1], joint.high[-1]) == (0.0, 100.0)  # gripper 0..100
+    with robot:
+        obs = robot.observe()
+        assert 0.0 <= obs["state"][-1] <= 100.0
+        run_ticks(robot, {"action.ee": np.array([0.01, 0.0, 0.0, 0, 0, 0, 1.0])}, ticks=5)
+        run_ticks(robot, {"action.ee": np.array([0.0, 0.0, 0.0, 0, 0, 0, 1.0])}, ticks=10)
+        moved = robot.observe()["ee_pose"][0] - obs["ee_pose"][0]
+        assert moved == pytest.approx(0.05, abs=0.01)

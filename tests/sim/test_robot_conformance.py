@@ -33,3 +33,19 @@ class TestPandaRealTime(RobotConformance):
     def robot(self):
         with PyBulletRobot("panda", cameras=CAMERAS[:1], clock="realtime", seed=0) as robot:
             yield robot
+
+
+class TestSO101LockStep(RobotConformance):
+    @pytest.fixture
+    def robot(self):
+        wrist = CameraConfig(
+            "wrist",
+            width=32,
+            height=32,
+            mount="wrist",
+            eye=(0.0, 0.0, 0.0),
+            target=(0.0, 0.0, 0.1),
+            up=(1.0, 0.0, 0.0),
+        )
+        with PyBulletRobot("so101", cameras=[CAMERAS[0], wrist], seed=0) as robot:
+            yield robot
