@@ -24,6 +24,7 @@ from sim.world import (
 )
 
 EE_KEY = "action.ee"
+DEFAULT_LIGHT = {"lightDirection": [0.4, -0.3, 1.0]}
 JOINT_KEY = "action.joint"
 ARMS = {"panda": PANDA, "so101": SO101}
 
@@ -207,6 +208,15 @@ class PyBulletRobot(SimRobot):
             self._eye_offsets[cam.name] = (
                 rng.normal(0.0, cam.jitter, 3) if cam.jitter > 0 else np.zeros(3)
             )
+        self._light = dict(DEFAULT_LIGHT)
+        if self.task is not None and self.task.random.lighting:
+            direction = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.5, 1.5)])
+            self._light = {
+                "lightDirection": direction.tolist(),
+                "lightColor": rng.uniform(0.7, 1.0, 3).tolist(),
+                "lightAmbientCoeff": float(rng.uniform(0.4, 0.8)),
+                "lightDiffuseCoeff": float(rng.uniform(0.4, 0.8)),
+            }
         world.step(int(0.1 * self.physics.hz))  # let objects settle on the table
         if isinstance(self._clock, RealTimeClock):
             self._clock = RealTimeClock(world)
@@ -296,7 +306,7 @@ class PyBulletRobot(SimRobot):
             proj,
             renderer=world.renderer,
             flags=p.ER_NO_SEGMENTATION_MASK,
-            lightDirection=[0.4, -0.3, 1.0],
+            **self._light,
         )
         return np.asarray(rgba, dtype=np.uint8).reshape(cam.height, cam.width, 4)[..., :3].copy()
 

@@ -78,3 +78,16 @@ def test_domain_randomisation_is_off_by_default_and_changes_the_scene_when_on() 
     assert np.allclose(za, plain.base_half, atol=1e-3)
     assert not np.allclose(zb, plain.base_half, atol=1e-3)
     assert len({round(float(z), 4) for z in zb}) == 3  # a new size each episode
+
+
+def test_lighting_randomisation_changes_the_images_only_when_on() -> None:
+    from sim.robot import CameraConfig
+
+    cams = [CameraConfig("top", width=32, height=32)]
+    means = {}
+    for lighting in (False, True):
+        task = PickPlace(TaskConfig(randomization=Randomization(lighting=lighting)))
+        with PyBulletRobot("panda", task=task, cameras=cams) as robot:
+            means[lighting] = [robot.reset(seed)["top"].astype(float).mean() for seed in range(3)]
+    assert np.ptp(means[False]) < 1.0  # same light every episode (only the cube moves)
+    assert np.ptp(means[True]) > 2.0
