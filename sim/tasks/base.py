@@ -40,10 +40,15 @@ class Task(ABC):
     name: ClassVar[str]
 
     def __init__(self, config: TaskConfig | None = None) -> None:
-        self.config = config or TaskConfig()
+        self.config = config or self.default_config()
         self.random = self.config.randomization or Randomization()
         self.world: SimWorld | None = None
         self.arm: SimArm | None = None
+
+    @classmethod
+    def default_config(cls) -> TaskConfig:
+        """The task's own control rate and time limit when the user gives none."""
+        return TaskConfig()
 
     @property
     def max_steps(self) -> int:

@@ -1,0 +1,331 @@
+"""push_t: push a T-shaped block until it lies on a T drawn on the table (the classic Push-T).
+
+The block can only be pushed (the gripper stays closed in the expert's demonstrations), so both
+its position and its heading must be corrected by choosing where to push: through the centre of
+mass to slide it, at the ends of the bar or the stem to turn it. Many pushes lead to the same
+goal, which is what makes the task the standard test of multimodal policies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pybullet as p
+
+from robolearn.spec import Feature
+from sim.tasks.base import Task, TaskConfig
+from sim.tasks.expert import Waypoint, WaypointExpert
+from sim.tasks.objects import PALETTE, place, pose
+from sim.tasks.push_cube import PushingExpert
+
+FRICTION = 0.5
+
+
+class TShape:
+    """The T's geometry in its own frame: the bar along x centred on the origin, the stem along -y.
+
+    All lengths scale with `unit` (the bar is 4 units long and 1 unit wide, the stem 1 by 3).
+    """
+
+    def __init__(self, unit: float, height: float) -> None:
+        self.unit, self.height = unit, height
+        u = unit
+        # rectangles as (centre x, centre y, half x, half y)
+        self.rects = [(0.0, 0.0, 2 * u, 0.5 * u), (0.0, -2.0 * u, 0.5 * u, 1.5 * u)]
+        areas = [4 * hx * hy for _, _, hx, hy in self.rects]
+        self.com = np.array(
+            [0.0, sum(a * r[1] for a, r in zip(areas, self.rects, strict=True)) / sum(areas)]
+        )
+        # radius of gyration about the centre of mass (uniform plate): weights turning vs sliding
+        inertia = sum(
+            a * ((hx**2 + hy**2) / 3 + np.sum((np.array([cx, cy]) - self.com) ** 2))
+            for a, (cx, cy, hx, hy) in zip(areas, self.rects, strict=True)
+        )
+        self.gyration = float(np.sqrt(inertia / sum(areas)))
+        # Pushing spots: a point on the outline and the inward normal there.
+        s = [
+            *[((x * u, 0.5 * u), (0, -1)) for x in (-1.6, -0.8, 0.0, 0.8, 1.6)],  # bar, top
+            *[((x * u, -0.5 * u), (0, 1)) for x in (-1.6, 1.6)],  # bar, underside
+            ((-2 * u, 0.0), (1, 0)),  # bar, left end
+            ((2 * u, 0.0), (-1, 0)),  # bar, right end
+            *[((-0.5 * u, y * u), (1, 0)) for y in (-1.6, -3.0)],  # stem, left side
+            *[((0.5 * u, y * u), (-1, 0)) for y in (-1.6, -3.0)],  # stem, right side
+            ((0.0, -3.5 * u), (0, 1)),  # stem, end
+        ]
+        self.spots = np.array([pt for pt, _ in s], dtype=float)
+        self.normals = np.array([n for _, n in s], dtype=float)
+        self.keypoints = np.array(
+            [
+                (-2 * u, 0.5 * u),
+                (2 * u, 0.5 * u),
+                (-2 * u, -0.5 * u),
+                (2 * u, -0.5 * u),
+                (-0.5 * u, -3.5 * u),
+                (0.5 * u, -3.5 * u),
+            ]
+        )
+
+    def distance(self, local_xy: np.ndarray) -> np.ndarray:
+        """Distance from points (…, 2) in the T's frame to the T (0 inside)."""
+        out = np.full(local_xy.shape[:-1], np.inf)
+        for cx, cy, hx, hy in self.rects:
+            d = np.abs(local_xy - np.array([cx, cy])) - np.array([hx, hy])
+            out = np.minimum(out, np.linalg.norm(np.maximum(d, 0.0), axis=-1))
+        return out
+
+
+def _rot(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s], [s, c]])
+
+
+def _wrap(a: float) -> float:
+    return float((a + np.pi) % (2 * np.pi) - np.pi)
+
+
+class PushT(Task):
+    """Success: the block's centre within `pos_tol` of the drawn T's and its heading within
+    `yaw_tol` (a 2 cm / 10° window on the Panda; the keypoint error is also in the state)."""
+
+    name = "push_t"
+
+    @classmethod
+    def default_config(cls) -> TaskConfig:
+        return TaskConfig(max_seconds=60.0)  # many short pushes: it takes longer than a pick
+
+    def _build(self) -> None:
+        assert self.world is not None and self.arm is not None
+        big = self.arm.model.name == "panda"
+        self.shape = TShape(0.025 if big else 0.012, 0.025 if big else 0.015)
+        self.pos_tol = 0.02 if big else 0.01
+        self.yaw_tol = np.radians(10.0)
+        (x0, x1), (y0, y1) = self.arm.model.workspace
+        self.goal = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        self.goal_yaw = 0.0
+        self.block = self._make_body(mass=0.1, rgba=(*PALETTE[4], 1.0), collide=True)
+        self.target = self._make_body(mass=0.0, rgba=(0.2, 0.7, 0.3, 0.6), collide=False)
+
+    def _make_body(self, mass: float, rgba: tuple[float, ...], collide: bool) -> int:
+        c = self.world.client  # type: ignore[union-attr]
+        sh = self.shape
+        h = sh.height / 2 if collide else 0.001
+        halves = [[hx, hy, h] for _, _, hx, hy in sh.rects]
+        # the body frame is the centre of mass, so yaw turns it about the point physics does
+        offsets = [[cx - sh.com[0], cy - sh.com[1], 0.0] for cx, cy, _, _ in sh.rects]
+        vis = c.createVisualShapeArray(
+            [p.GEOM_BOX] * 2,
+            halfExtents=halves,
+            visualFramePositions=offsets,
+            rgbaColors=[rgba] * 2,
+        )
+        col = (
+            c.createCollisionShapeArray(
+                [p.GEOM_BOX] * 2, halfExtents=halves, collisionFramePositions=offsets
+            )
+            if collide
+            else -1
+        )
+        body = c.createMultiBody(mass, col, vis, basePosition=[0, 0, h])
+        if collide:
+            c.changeDynamics(
+                body, -1, lateralFriction=FRICTION, spinningFriction=0.001, rollingFriction=0.0001
+            )
+        return body
+
+    def reset(self, rng: np.random.Generator) -> None:
+        assert self.world is not None and self.arm is not None
+        c = self.world.client
+        if self.random.colors:
+            c.changeVisualShape(self.block, -1, rgbaColor=[*rng.uniform(0.1, 0.95, 3), 1])
+        if self.random.friction:
+            c.changeDynamics(
+                self.block,
+                -1,
+                lateralFriction=FRICTION * (1.0 + rng.uniform(-1, 1) * self.random.friction),
+            )
+        (x0, x1), (y0, y1) = self.arm.model.workspace
+        for _ in range(1000):  # start clearly away from the goal
+            xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+            yaw = float(rng.uniform(-np.pi, np.pi))
+            if np.linalg.norm(xy - self.goal) > 3 * self.pos_tol or abs(yaw) > 3 * self.yaw_tol:
+                break
+        place(c, self.block, np.array([*xy, self.shape.height / 2]), yaw=yaw)
+        place(c, self.target, np.array([*self.goal, 0.001]), yaw=self.goal_yaw)
+
+    def block_pose(self) -> tuple[np.ndarray, float]:
+        assert self.world is not None
+        pos, yaw = pose(self.world.client, self.block)
+        return pos, yaw
+
+    def keypoint_error(self) -> float:
+        """Mean distance (m) between the block's corner points and the drawn T's."""
+        pos, yaw = self.block_pose()
+        local = self.shape.keypoints - self.shape.com
+        here = pos[:2] + local @ _rot(yaw).T
+        there = self.goal + local @ _rot(self.goal_yaw).T
+        return float(np.mean(np.linalg.norm(here - there, axis=1)))
+
+    def state_features(self) -> dict[str, Feature]:
+        names = ["block_x", "block_y", "block_yaw_sin", "block_yaw_cos"]
+        names += ["goal_x", "goal_y", "goal_yaw_sin", "goal_yaw_cos"]
+        return {"task_state": Feature((8,), "float32", "state", names=names)}
+
+    def state(self) -> dict[str, np.ndarray]:
+        pos, yaw = self.block_pose()
+        g = self.goal_yaw
+        return {
+            "task_state": np.array(
+                [*pos[:2], np.sin(yaw), np.cos(yaw), *self.goal, np.sin(g), np.cos(g)]
+            )
+        }
+
+    def errors(self) -> tuple[float, float]:
+        pos, yaw = self.block_pose()
+        return float(np.linalg.norm(pos[:2] - self.goal)), abs(_wrap(yaw - self.goal_yaw))
+
+    def success(self) -> bool:
+        dist, dyaw = self.errors()
+        return bool(dist < self.pos_tol and dyaw < self.yaw_tol)
+
+    def expert(self, robot, rng: np.random.Generator) -> WaypointExpert:  # type: ignore[no-untyped-def]
+        return PushTExpert(self, robot, rng)
+
+
+class PushTExpert(PushingExpert):
+    """Greedy quasi-static pusher.
+
+    For every pushing spot on the T's outline it predicts how the block would move if pushed
+    there (a push along the normal n at r from the centre of mass slides it along n and turns it
+    by r×n, in the ratio set by the block's radius of gyration) and scores how well that motion
+    reduces the remaining position and heading error. It pushes at a good spot for a stroke,
+    then chooses again. Among spots that score nearly as well as the best it picks at random,
+    so two episodes from the same start can take different routes (multimodal, as people are).
+    """
+
+    def __init__(self, task: PushT, robot, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(
+            robot,
+            rng,
+            speed=float(rng.uniform(0.015, 0.025)),
+            noise=float(rng.uniform(0.0003, 0.001)),
+        )
+        self.task = task
+        self.shape = task.shape
+        big = task.arm.model.name == "panda"
+        # the closed fingers at pushing height: about 2 × 4 cm on the Panda (measured by ray
+        # casts); `finger` is the typical reach from the hand's centre to its front face
+        self.finger = 0.015 if big else 0.008
+        self.clearance = 0.024 if big else 0.012  # keep the hand's centre this far from the T
+        self.push_z = 0.018 if big else 0.008
+        self.travel_z = task.shape.height + float(rng.uniform(0.03, 0.05))
+        self.push_speed = float(rng.uniform(0.006, 0.01))
+        self.choice_margin = float(rng.uniform(0.05, 0.15))
+        self.stroke_max = float(rng.uniform(0.03, 0.06))
+        self.phase = "choose"
+        self.spot = 0
+        self._stroke_start = np.zeros(2)
+        self._approach = np.zeros(2)
+
+    # ------------------------------------------------------------------ the pushing model
+    def _desired(self) -> np.ndarray:
+        task = self.task
+        pos, yaw = task.block_pose()
+        ep = task.goal - pos[:2]
+        et = _wrap(task.goal_yaw - yaw)
+        # scaled twist (x, y, ρ·θ): errors in metres of motion at the block's rim
+        return np.array([*ep, self.shape.gyration * et])
+
+    def _scores(self) -> np.ndarray:
+        _, yaw = self.task.block_pose()
+        rot = _rot(yaw)
+        r = (self.shape.spots - self.shape.com) @ rot.T
+        n = self.shape.normals @ rot.T
+        turn = (r[:, 0] * n[:, 1] - r[:, 1] * n[:, 0]) / self.shape.gyration
+        twist = np.column_stack([n, turn])
+        twist /= np.linalg.norm(twist, axis=1, keepdims=True)
+        want = self._desired()
+        return twist @ (want / max(np.linalg.norm(want), 1e-9))
+
+    def _spot_world(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        pos, yaw = self.task.block_pose()
+        rot = _rot(yaw)
+        return pos[:2] + rot @ (self.shape.spots[i] - self.shape.com), rot @ self.shape.normals[i]
+
+    def _clear_path(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Can the fingers go from a to b at pushing height without touching the block?"""
+        pos, yaw = self.task.block_pose()
+        pts = a + np.linspace(0, 1, 12)[:, None] * (b - a)
+        local = (pts - pos[:2]) @ _rot(yaw) + self.shape.com
+        return bool(np.all(self.shape.distance(local) > self.clearance))
+
+    # ------------------------------------------------------------------ the state machine
+    def on_tick(self, obs) -> None:  # type: ignore[no-untyped-def]
+        task = self.task
+        ee = obs["ee_pose"][:3].astype(np.float64)
+        dist, dyaw = task.errors()
+        if self.phase == "retreat":
+            if self.index >= len(self.waypoints) or ee[2] > self.travel_z - 0.01:
+                self._finished = True
+            return
+        if self.phase == "backoff":
+            if self.index >= len(self.waypoints) or self.stuck(4):
+                self.phase = "retreat"
+                self._set(Waypoint(np.array([*ee[:2], self.travel_z]), 0.0, tol=0.01))
+            return
+        if dist < 0.5 * task.pos_tol and dyaw < 0.5 * task.yaw_tol:
+            # there: draw the fingers back from the block before lifting them
+            _, normal = self._spot_world(self.spot)
+            self.phase = "backoff" if ee[2] < self.push_z + 0.01 else "retreat"
+            back = ee[:2] - normal * 0.015 if self.phase == "backoff" else ee[:2]
+            z = ee[2] if self.phase == "backoff" else self.travel_z
+            self._set(Waypoint(np.array([*back, z]), 0.0, tol=0.004, speed=0.01))
+            return
+        if self.phase == "push":
+            scores = self._scores()
+            moved = np.linalg.norm(ee[:2] - self._stroke_start)
+            contact, normal = self._spot_world(self.spot)
+            lateral = abs((ee[:2] - contact) @ np.array([-normal[1], normal[0]]))
+            if (
+                scores[self.spot] < 0.6 * scores.max()
+                or scores[self.spot] < 0.2
+                or moved > self.stroke_max
+                or lateral > 0.02
+                or ee[2] > self.push_z + 0.015
+            ):
+                self.phase = "choose"
+            else:
+                # slow down as the block nears its place, so it does not overshoot
+                near = max(dist / (2 * task.pos_tol), dyaw / (2 * task.yaw_tol))
+                speed = float(np.clip(self.push_speed * near, 0.003, self.push_speed))
+                target = contact - normal * self.finger + normal * 1.5 * speed
+                self._set(Waypoint(np.array([*target, self.push_z]), 0.0, tol=0.001, speed=speed))
+                return
+        if self.phase == "choose":
+            scores = self._scores()
+            good = np.flatnonzero(scores >= scores.max() - self.choice_margin)
+            self.spot = int(self.rng.choice(good))
+            contact, normal = self._spot_world(self.spot)
+            self._approach = contact - normal * (self.clearance + 0.01)
+            low = ee[2] < self.push_z + 0.01
+            if low and self._clear_path(ee[:2], self._approach):
+                self.phase = "slide"  # stay low and go straight there
+            else:
+                self.phase = "lift"
+        if self.phase == "lift":
+            self._set(Waypoint(np.array([*ee[:2], self.travel_z]), 0.0, tol=0.01))
+            if ee[2] > self.travel_z - 0.012:
+                self.phase = "over"
+        if self.phase == "over":
+            self._set(Waypoint(np.array([*self._approach, self.travel_z]), 0.0, tol=0.008))
+            if np.linalg.norm(ee[:2] - self._approach) < 0.008:
+                self.phase = "down"
+        if self.phase in ("down", "slide") and self.stuck():
+            self.phase = "lift"  # landed on the block or caught on it: go up and choose again
+            self._set(Waypoint(np.array([*ee[:2], self.travel_z]), 0.0, tol=0.01))
+            return
+        if self.phase in ("down", "slide"):
+            self._set(
+                Waypoint(np.array([*self._approach, self.push_z]), 0.0, tol=0.004, speed=0.015)
+            )
+            if np.linalg.norm(ee - [*self._approach, self.push_z]) < 0.005:
+                self.phase = "push"
+                self._stroke_start = ee[:2].copy()
