@@ -1,8 +1,8 @@
 """Gymnasium environments over the simulated tasks, so RL and gym tooling work on them.
 
 `import sim.gym_env` registers the ids (or use `gymnasium.make("sim.gym_env:robolearn/PickPlace-v0")`):
-robolearn/{Reach,PickPlace}-v0 on the Panda and robolearn/{Reach,PickPlace}-SO101-v0 on the
-SO-101. Observations are the robot spec's observation keys; actions are one of its action
+robolearn/{Reach,PushCube,PickPlace,Stack,PushT}-v0 on the Panda and the same names with
+-SO101-v0 on the SO-101. Observations are the robot spec's observation keys; actions are one of its action
 representations (end-effector deltas by default). Reward is 1 on the step the task succeeds
 (which ends the episode); episodes are truncated after the task's time limit.
 """
@@ -18,9 +18,8 @@ from gymnasium import spaces
 
 from robolearn.spec import Feature, FeatureSpec
 from sim.robot import EE_KEY, CameraConfig, PyBulletRobot
+from sim.tasks import TASKS, make_task
 from sim.tasks.base import Task, TaskConfig
-from sim.tasks.pick_place import PickPlace
-from sim.tasks.reach import Reach
 
 
 def _space(feature: Feature) -> spaces.Box:
@@ -105,13 +104,23 @@ class RobolearnEnv(gym.Env):
         self.robot.disconnect()
 
 
+def _camel(name: str) -> str:
+    return "".join("T" if part == "t" else part.capitalize() for part in name.split("_"))
+
+
+# robolearn/PickPlace-v0 (Panda), robolearn/PickPlace-SO101-v0, … for every task in TASKS
 IDS = {
-    "robolearn/Reach-v0": (Reach, "panda"),
-    "robolearn/PickPlace-v0": (PickPlace, "panda"),
-    "robolearn/Reach-SO101-v0": (Reach, "so101"),
-    "robolearn/PickPlace-SO101-v0": (PickPlace, "so101"),
+    f"robolearn/{_camel(name)}{suffix}-v0": (name, arm)
+    for name in TASKS
+    for arm, suffix in (("panda", ""), ("so101", "-SO101"))
 }
+
+
+def _make(task: str, arm: str, **kwargs: Any) -> RobolearnEnv:
+    config = kwargs.pop("task_config", None)
+    return RobolearnEnv(make_task(task, config), arm, **kwargs)
+
 
 for _id, (_task, _arm) in IDS.items():
     if _id not in gym.registry:
-        gym.register(id=_id, entry_point=RobolearnEnv, kwargs={"task": _task, "arm": _arm})
+        gym.register(id=_id, entry_point=_make, kwargs={"task": _task, "arm": _arm})

@@ -90,12 +90,12 @@ class PushingExpert(WaypointExpert):
         self._trail: list[np.ndarray] = []
         self.debug = False
 
-    def stuck(self, ticks: int = 8, moved: float = 0.003) -> bool:
+    def stuck(self, ticks: int = 8, moved: float = 0.003, far: float = 0.01) -> bool:
         """The hand has hardly moved for `ticks` ticks while it still has somewhere to go."""
         if len(self._trail) <= ticks or self.done or self.index >= len(self.waypoints):
             return False
-        far = np.linalg.norm(self._trail[-1] - self.waypoints[self.index].pos) > 0.01
-        return bool(far and np.linalg.norm(self._trail[-1] - self._trail[-1 - ticks]) < moved)
+        away = np.linalg.norm(self._trail[-1] - self.waypoints[self.index].pos) > far
+        return bool(away and np.linalg.norm(self._trail[-1] - self._trail[-1 - ticks]) < moved)
 
     @property
     def done(self) -> bool:
