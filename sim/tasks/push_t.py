@@ -226,6 +226,7 @@ class PushTExpert(PushingExpert):
         self.phase = "choose"
         self.spot = 0
         self.strokes = 0
+        self._must_lift = False
         self._stroke_start = np.zeros(2)
         self._approach = np.zeros(2)
 
@@ -316,7 +317,8 @@ class PushTExpert(PushingExpert):
             self.strokes += 1
             contact, normal = self._spot_world(self.spot)
             self._approach = contact - normal * (self.clearance + 0.01)
-            low = ee[2] < self.push_z + 0.01
+            low = ee[2] < self.push_z + 0.01 and not self._must_lift
+            self._must_lift = False
             if low and self._clear_path(ee[:2], self._approach):
                 self.phase = "slide"  # stay low and go straight there
             else:
@@ -329,14 +331,16 @@ class PushTExpert(PushingExpert):
             self._set(Waypoint(np.array([*self._approach, self.travel_z]), 0.0, tol=0.008))
             if np.linalg.norm(ee[:2] - self._approach) < 0.008:
                 self.phase = "down"
-        if self.phase in ("down", "slide") and self.stuck():
-            self.phase = "lift"  # landed on the block or caught on it: go up and choose again
+        if self.phase in ("down", "slide") and self.stuck(far=0.003):
+            # landed on the block or caught on it: go up, then choose afresh
+            self.phase, self._must_lift = "choose", True
             self._set(Waypoint(np.array([*ee[:2], self.travel_z]), 0.0, tol=0.01))
             return
         if self.phase in ("down", "slide"):
             self._set(
                 Waypoint(np.array([*self._approach, self.push_z]), 0.0, tol=0.004, speed=0.015)
             )
-            if np.linalg.norm(ee - [*self._approach, self.push_z]) < 0.005:
+            there = np.linalg.norm(ee[:2] - self._approach) < 0.008
+            if there and abs(ee[2] - self.push_z) < 0.005:
                 self.phase = "push"
                 self._stroke_start = ee[:2].copy()
