@@ -126,6 +126,13 @@ class Robot(ABC):
         key, value = self.check_action(action)
         return self._send(key, value)
 
+    def hold(self) -> None:  # noqa: B027 - robots with nothing to do may keep the default
+        """Make the arm hold still where it is (the safe state after a stop or an error).
+
+        Real arms apply their configured torque policy here (keep holding, or release slowly).
+        The default does nothing, for robots that hold their last target by themselves.
+        """
+
     def check_action(self, action: Mapping[str, Any]) -> tuple[str, np.ndarray]:
         """Validate an action for this robot; return (key, value after limits)."""
         if not isinstance(action, Mapping) or len(action) != 1:
