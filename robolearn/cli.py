@@ -235,6 +235,12 @@ def _bool_filter(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r}: use true or false")
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from robolearn.record_app import main as record_main
+
+    return record_main(args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robolearn",
@@ -250,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=4.0, help="length of each episode")
     demo.add_argument("--fps", type=float, default=30.0, help="recording rate")
     demo.set_defaults(func=cmd_demo)
+
+    rec = sub.add_parser(
+        "record",
+        help="record demonstrations (hydra overrides: robot=… task=… teleop=… num_episodes=N)",
+        add_help=False,
+    )
+    rec.add_argument("overrides", nargs=argparse.REMAINDER)
+    rec.set_defaults(func=cmd_record)
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -307,7 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["record"]:  # hydra overrides (and --help/--cfg) go to the record command
+        args = argparse.Namespace(func=cmd_record, overrides=argv[1:], verbose=False)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

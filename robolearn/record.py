@@ -58,6 +58,8 @@ class RecordConfig:
     max_attempts: int | None = None  # stop after this many episodes recorded (saved or not)
 
     def check(self) -> None:
+        if self.overrun not in ("skip", "catch_up"):
+            raise RecordError(f"overrun must be 'skip' or 'catch_up', got {self.overrun!r}")
         if int(self.num_episodes) < 1:
             raise RecordError(f"num_episodes must be at least 1, got {self.num_episodes}")
         if not (self.fps > 0 and np.isfinite(self.fps)):

@@ -1,0 +1,71 @@
+"""Hydra configuration: composing the packaged configs with command-line overrides, and building
+robots and teleoperators from them.
+
+The configs live in `robolearn/conf/` (record.yaml with the groups robot/, task/, teleop/).
+Commands compose them with hydra's compose API rather than `@hydra.main`, so hydra does not
+change the working directory or take over logging: `dataset=datasets/x.zarr` means what it says.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robolearn.errors import RobolearnError
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class ConfigError(RobolearnError):
+    """A configuration that cannot be composed or built."""
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The packaged config `config_name` with hydra `overrides` (key=value, group=option)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{exc}\n(see the options with: robolearn {config_name} --help)") from exc
+    return cfg
+
+
+def choices(group: str) -> list[str]:
+    """The options of a config group (e.g. robot → sim_panda, sim_so101, …)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def build(node: DictConfig, what: str, **available: Any) -> Any:
+    """Instantiate a `_target_` node, passing those of `available` its constructor takes."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, get_method, instantiate
+
+    if "_target_" not in node:
+        raise ConfigError(f"the {what} config has no _target_: {OmegaConf.to_yaml(node)}")
+    target = node["_target_"]
+    try:
+        obj = get_class(target)
+        params = inspect.signature(obj.__init__).parameters
+    except Exception:  # a factory function rather than a class
+        try:
+            params = inspect.signature(get_method(target)).parameters
+        except Exception as exc:
+            raise ConfigError(
+                f"{what}: cannot import {target!r} ({exc}); is its optional extra installed?"
+            ) from exc
+    extra = {k: v for k, v in available.items() if k in params and k not in node}
+    try:
+        return instantiate(node, **extra)
+    except InstantiationException as exc:
+        raise ConfigError(f"cannot build the {what} from its config: {exc}") from exc

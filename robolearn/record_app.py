@@ -1,0 +1,202 @@
+"""`robolearn record`: compose the config, build robot, task and teleoperator, run the recorder.
+
+robolearn record robot=sim_panda task=pick_place teleop=expert num_episodes=50
+robolearn record robot=sim_panda task=push_t teleop=keyboard dataset=datasets/my_push_t.zarr
+robolearn record --cfg          # print the composed config and exit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from robolearn.config import ConfigError, build, choices, compose
+from robolearn.hal import EpisodeEvent, SimRobot
+from robolearn.record import RecordConfig, Recorder
+
+console = Console(stderr=True)
+
+HELP = """usage: robolearn record [key=value ...] [group=option ...] [--cfg]
+
+Records demonstrations into a Zarr episode store (hydra overrides; defaults in
+robolearn/conf/record.yaml).
+
+groups:
+  robot=   {robots}
+  task=    {tasks}
+  teleop=  {teleops}
+
+common keys:
+  dataset=datasets/NAME.zarr  num_episodes=N  fps=HZ  episode_time_s=S  reset_time_s=S
+  keep=all|success|auto  seed=N  overrun=skip|catch_up  on_interrupt=discard|save
+  codecs.top=jpeg:90  robot.clock=realtime  robot.cameras=[]  keys=on|off  status=on|off
+
+episode keys (in the terminal): {keys}
+"""
+
+
+def usage() -> str:
+    try:
+        from robolearn.terminal import EpisodeKeys
+
+        keys = EpisodeKeys().help
+    except ImportError:
+        keys = "(terminal keys unavailable)"
+    return HELP.format(
+        robots=", ".join(choices("robot")),
+        tasks=", ".join(choices("task")),
+        teleops=", ".join(choices("teleop")),
+        keys=keys,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    args = list(argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(usage())
+        return 0
+    show = "--cfg" in args
+    args = [a for a in args if a != "--cfg"]
+    cfg = compose("record", args)
+    if show:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    return record(cfg)
+
+
+def make_robot(cfg: DictConfig) -> Any:
+    """The robot of `cfg.robot`, with the simulated task of `cfg.task` when it is a sim robot."""
+    from hydra.utils import get_class
+
+    task = None
+    if issubclass(get_class(cfg.robot._target_), SimRobot) and cfg.task.name != "free":
+        from sim.tasks import make_task
+        from sim.tasks.base import TaskConfig
+
+        task = make_task(
+            cfg.task.name,
+            TaskConfig(control_hz=float(cfg.task.control_hz), max_seconds=cfg.task.max_seconds),
+        )
+    return build(cfg.robot, "robot", task=task)
+
+
+def record_config(cfg: DictConfig, keep: str) -> RecordConfig:
+    """The recorder's settings from the composed config, with the key named on a bad value."""
+
+    def number(key: str, kind: type = float) -> Any:
+        value = cfg[key]
+        if value is None and key == "max_attempts":
+            return None
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number") from None
+
+    config = RecordConfig(
+        dataset=str(cfg.dataset),
+        num_episodes=number("num_episodes", int),
+        fps=number("fps"),
+        episode_time_s=number("episode_time_s"),
+        reset_time_s=number("reset_time_s"),
+        task=str(cfg.task.instruction or cfg.task.name),
+        keep=keep,
+        seed=number("seed", int),
+        overrun=str(cfg.overrun),
+        on_interrupt=str(cfg.on_interrupt),
+        codecs=dict(cfg.codecs),
+        max_attempts=number("max_attempts", int),
+    )
+    config.check()
+    return config
+
+
+def record(cfg: DictConfig) -> int:
+    if cfg.keep not in ("auto", "all", "success"):
+        raise ConfigError(f"keep={cfg.keep!r}: choose all, success or auto")
+    record_config(cfg, "all")  # refuse bad values before any device is opened
+    _switch(cfg, "keys"), _switch(cfg, "status")
+    robot = make_robot(cfg)
+    with robot, _keys(cfg) as (reader, keys, key_help):
+        teleop = build(cfg.teleop, "teleop", robot=robot, reader=reader, spec=robot.spec)
+        scripted = type(teleop).__name__ == "ExpertTeleop"
+        keep = cfg.keep if cfg.keep != "auto" else ("success" if scripted else "all")
+        config = record_config(cfg, keep)
+        clock = getattr(robot, "clock_mode", "realtime")
+        console.print(
+            f"[bold]recording[/] {config.num_episodes} episode(s) of [bold]{cfg.task.name}[/] "
+            f"with {type(robot).__name__} ({clock} clock) and {type(teleop).__name__} "
+            f"at {config.fps:g} Hz into {config.dataset} (keep={keep})"
+        )
+        if reader is not None and not getattr(reader, "active", False):
+            console.print("no terminal on stdin: episode keys are off (Ctrl-C stops)")
+        elif keys is not None:
+            console.print(f"keys: {key_help}")
+        with _status(cfg) as status:
+            recorder = Recorder(
+                robot,
+                teleop,
+                config,
+                keys=keys,
+                status=status,
+                log=lambda m: console.print(m, highlight=False),
+            )
+            recorder.run()
+    console.print(f"next: [bold]robolearn dataset info {config.dataset}[/]")
+    return 0
+
+
+def _switch(cfg: DictConfig, key: str) -> str:
+    """on | off | auto (YAML reads a bare on/off as a boolean)."""
+    value = cfg[key]
+    mode = {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else value
+    if mode not in ("on", "off", "auto"):
+        raise ConfigError(f"{key}={value!r}: choose on, off or auto")
+    return str(mode)
+
+
+@contextlib.contextmanager
+def _keys(cfg: DictConfig) -> Iterator[tuple[Any, Any, str]]:
+    """A terminal key reader (shared with a keyboard teleop) and the episode-event source."""
+    mode = _switch(cfg, "keys")
+    if mode == "off" or (mode == "auto" and not sys.stdin.isatty()):
+        yield None, None, ""
+        return
+    from robolearn.terminal import EpisodeKeys, KeyReader
+
+    mapping = EpisodeKeys()
+    with KeyReader() as reader:
+
+        def events() -> list[EpisodeEvent]:
+            return mapping.events(reader.keys())
+
+        yield reader, events, mapping.help
+
+
+@contextlib.contextmanager
+def _status(cfg: DictConfig) -> Iterator[Any]:
+    mode = _switch(cfg, "status")
+    if mode == "off" or (mode == "auto" and not console.is_terminal):
+        yield None
+        return
+    text = Text("starting…")
+    with Live(text, console=console, refresh_per_second=4, transient=True) as live:
+
+        def update(s: dict[str, Any]) -> None:
+            live.update(
+                Text(
+                    f"episode {s['episode']} ({s['attempt'] + 1} tries, "
+                    f"{s['num_episodes']} wanted) · {s['elapsed_s']:5.1f}/"
+                    f"{s['episode_time_s']:g} s · {s['rate_hz']:5.1f}/{s['target_hz']:g} Hz · "
+                    f"overruns {s['overruns']} · stale frames {s['stale_frames']} · "
+                    f"disk {s['disk_bytes'] / 2**20:.1f} MiB"
+                )
+            )
+
+        yield update

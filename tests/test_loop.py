@@ -1,0 +1,90 @@
+"""The control loop: absolute deadlines, stage timing, overruns (skip / catch up), lock-step speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from robolearn.loop import ControlLoop, LoopError, Tick
+from sim.robot import PyBulletRobot
+
+
+class Still:
+    """Holds the arm where it is; sleeps `delay` seconds on the ticks listed in `slow`."""
+
+    action_key = "action.ee"
+
+    def __init__(self, slow: dict[int, float] | None = None) -> None:
+        self.slow = slow or {}
+        self.n = 0
+
+    def read(self, observation=None):  # type: ignore[no-untyped-def]
+        time.sleep(self.slow.get(self.n, 0.0))
+        self.n += 1
+        return {"action.ee": np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32)}
+
+
+def test_ticks_are_due_on_absolute_deadlines_and_every_stage_is_timed() -> None:
+    ticks: list[Tick] = []
+    with PyBulletRobot("panda", clock="realtime") as robot:
+        loop = ControlLoop(robot, Still(), 50, sinks=[ticks.append])
+        stats = loop.run(max_ticks=20)
+    assert stats.ticks == 20 and len(ticks) == 20
+    t0 = ticks[0].deadline
+    np.testing.assert_allclose([t.deadline - t0 for t in ticks], np.arange(20) / 50, atol=1e-9)
+    assert all(t.start >= t.deadline for t in ticks)  # never early
+    summary = stats.summary()
+    assert set(summary["stage_ms"]) == {"observe", "decide", "act", "record"}
+    assert summary["real_rate_hz"] == pytest.approx(50, rel=0.2)
+    assert set(ticks[0].action) == {"action.ee", "action.joint"}  # every representation as sent
+
+
+@pytest.mark.parametrize("policy", ["skip", "catch_up"])
+def test_an_overrun_is_reported_and_handled_as_configured(policy: str) -> None:
+    reported: list[tuple[int, float]] = []
+    ticks: list[Tick] = []
+    with PyBulletRobot("panda", clock="realtime") as robot:
+        loop = ControlLoop(
+            robot,
+            Still(slow={5: 0.09}),  # tick 5 takes 4.5 periods
+            50,
+            sinks=[ticks.append],
+            overrun=policy,
+            on_overrun=lambda i, late: reported.append((i, late)),
+        )
+        stats = loop.run(duration=0.5)
+    assert stats.overruns >= 1 and reported[0][0] == 5 and reported[0][1] > 0.05
+    deadlines = np.round((np.array([t.deadline for t in ticks]) - ticks[0].deadline) * 50)
+    if policy == "skip":
+        # the missed deadlines are dropped and counted; the phase is kept
+        assert stats.skipped >= 4
+        assert deadlines[6] - deadlines[5] >= 5
+        assert len(ticks) <= 25 - 4
+    else:
+        # every deadline gets its tick: the late ones run back to back
+        assert stats.skipped == 0
+        np.testing.assert_array_equal(deadlines, np.arange(len(ticks)))
+        late_starts = [t.period_error for t in ticks[6:9]]
+        assert min(late_starts) > 0.01
+
+
+def test_lock_step_runs_faster_than_real_time() -> None:
+    with PyBulletRobot("panda", clock="lockstep") as robot:
+        start = time.monotonic()
+        stats = ControlLoop(robot, Still(), 10).run(duration=5.0)
+        wall = time.monotonic() - start
+    assert stats.ticks == 50
+    assert stats.overruns == 0 and max(abs(e) for e in stats.period_errors) < 1e-9
+    assert wall < 5.0
+
+
+def test_bad_loop_settings_are_refused_with_the_reason() -> None:
+    with PyBulletRobot("panda") as robot:
+        with pytest.raises(LoopError, match="rate_hz"):
+            ControlLoop(robot, Still(), 0)
+        with pytest.raises(LoopError, match="overrun"):
+            ControlLoop(robot, Still(), 10, overrun="drop")
+        with pytest.raises(LoopError, match="read"):
+            ControlLoop(robot, object(), 10)  # type: ignore[arg-type]

@@ -1,0 +1,270 @@
+"""The recorder: episode flow, metadata, resume, operator events, device failure, interrupts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robolearn.data.store import EpisodeStore
+from robolearn.data.tools import verify_store
+from robolearn.errors import SpecError
+from robolearn.hal import DeviceError, EpisodeEvent
+from robolearn.record import RecordConfig, Recorder, RecordError
+from sim.robot import CameraConfig, PyBulletRobot
+from sim.tasks import make_task
+from sim.teleop import ExpertTeleop
+
+REPO = Path(__file__).resolve().parents[1]
+CAM = [CameraConfig("top", width=32, height=32)]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_expert_episodes_are_recorded_with_timing_seeds_and_success(tmp_path: Path) -> None:
+    path = tmp_path / "reach.zarr"
+    task = make_task("reach")
+    with PyBulletRobot("panda", task=task, cameras=CAM) as robot:
+        cfg = RecordConfig(path, num_episodes=3, fps=10, episode_time_s=20, task="reach it")
+        results = Recorder(robot, ExpertTeleop(robot), cfg, log=quiet).run()
+    assert [r.outcome for r in results] == ["saved"] * 3
+    assert [r.seed for r in results] == [0, 1, 2]
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 3 and store.fps == 10
+        assert set(store.spec) == {
+            "state",
+            "ee_pose",
+            "task_state",
+            "top",
+            "action.joint",
+            "action.ee",
+        }
+        info = store.episode(1)
+        assert info.task == "reach it" and info.success is True
+        timing = info.extra["timing"]
+        assert timing["ticks"] == info.length and timing["overruns"] == 0
+        assert set(timing["stage_ms"]) == {"observe", "decide", "act", "record"}
+        # the frames carry the simulated capture times: exactly one period apart in lock-step
+        ts = store.read("timestamp", *store.bounds(1))
+        np.testing.assert_allclose(np.diff(ts), 0.1, atol=1e-6)
+        # the stored goal is the one the seed draws
+        goal = store.read("task_state", *store.bounds(1))[0]
+    with PyBulletRobot("panda", task=task) as robot:
+        np.testing.assert_allclose(robot.reset(1)["task_state"], goal, atol=1e-6)
+
+
+def test_resume_appends_and_continues_the_seeds_and_a_different_robot_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "reach.zarr"
+    task = make_task("reach")
+    cfg = RecordConfig(path, num_episodes=2, fps=10, episode_time_s=20)
+    with PyBulletRobot("panda", task=task, cameras=CAM) as robot:
+        Recorder(robot, ExpertTeleop(robot), cfg, log=quiet).run()
+        results = Recorder(robot, ExpertTeleop(robot), cfg, log=quiet).run()
+    assert [r.seed for r in results] == [2, 3] and [r.index for r in results] == [2, 3]
+    before = sorted(p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file())
+    with (
+        PyBulletRobot("panda", task=make_task("reach")) as other,  # no camera
+        pytest.raises(SpecError, match="top"),
+    ):
+        Recorder(other, ExpertTeleop(other), cfg, log=quiet).run()
+    wrong_rate = RecordConfig(path, num_episodes=1, fps=20)
+    with PyBulletRobot("panda", task=make_task("reach"), cameras=CAM) as robot:
+        recorder = Recorder(robot, ExpertTeleop(robot), wrong_rate, log=quiet)
+        with pytest.raises(SpecError, match="fps=10"):
+            recorder.run()
+    after = sorted(p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file())
+    assert before == after  # nothing stored was touched
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 4
+
+
+class Operator(ExpertTeleop):
+    """The expert, with an operator pressing keys: a scripted list of (attempt, tick, event)."""
+
+    def __init__(self, robot, presses) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(robot)
+        self.presses = presses
+        self.attempt = -1
+        self.tick = 0
+
+    def reset(self, seed=None) -> None:  # type: ignore[no-untyped-def]
+        super().reset(seed)
+        self.attempt += 1
+        self.tick = 0
+
+    def read(self, observation=None):  # type: ignore[no-untyped-def]
+        self.tick += 1
+        return super().read(observation)
+
+    def events(self):  # type: ignore[no-untyped-def]
+        for attempt, tick, event in self.presses:
+            if attempt == self.attempt and tick == self.tick:
+                return [event]
+        return super().events() if self.tick > 1000 else []
+
+
+def test_save_discard_and_rerecord_keys(tmp_path: Path) -> None:
+    path = tmp_path / "ops.zarr"
+    presses = [
+        (0, 5, EpisodeEvent.DISCARD),  # drop it, move on to the next seed
+        (1, 5, EpisodeEvent.RERECORD),  # drop it, same seed again
+        (2, 8, EpisodeEvent.SAVE),  # keep 8 frames
+        (3, 3, EpisodeEvent.QUIT),  # stop (episode in flight discarded)
+    ]
+    with PyBulletRobot("panda", task=make_task("reach")) as robot:
+        cfg = RecordConfig(path, num_episodes=5, fps=10, episode_time_s=20)
+        results = Recorder(robot, Operator(robot, presses), cfg, log=quiet).run()
+    assert [r.outcome for r in results] == ["discarded", "rerecord", "saved", "quit"]
+    assert [r.seed for r in results] == [0, 1, 1, 2]
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 1 and store.episode(0).length == 8
+
+
+class FlakyCamera(PyBulletRobot):
+    """A simulated robot whose camera stops delivering after `frames` frames."""
+
+    def __init__(self, frames: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.left = frames
+
+    def render_depth(self, cam):  # type: ignore[no-untyped-def]
+        self.left -= 1
+        if self.left < 0:
+            raise DeviceError(f"camera {cam.name!r} delivered no frame for 1.0 s")
+        return super().render_depth(cam)
+
+
+def test_a_camera_that_stops_discards_the_episode_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "cam.zarr"
+    robot = FlakyCamera(20, arm="panda", task=make_task("reach"), cameras=CAM)
+    with robot:
+        cfg = RecordConfig(path, num_episodes=10, fps=10, episode_time_s=20)
+        recorder = Recorder(robot, ExpertTeleop(robot), cfg, log=quiet)
+        with pytest.raises(RecordError, match=r"discarded: camera 'top'"):
+            recorder.run()
+        held = robot.arm.joint_positions()
+        for _ in range(5):
+            robot.clock.sleep_until(robot.clock.now() + 0.1)
+        np.testing.assert_allclose(robot.arm.joint_positions(), held, atol=2e-3)  # holds still
+    with EpisodeStore.open(path, "r") as store:
+        saved = store.num_episodes
+        assert 1 <= saved < 10
+        assert store.num_frames == sum(r.frames for r in recorder.results[:saved])
+        assert verify_store(path).ok
+
+
+def _record_cmd(path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "robolearn.cli",
+        "record",
+        "task=reach",
+        "robot.clock=realtime",
+        "robot.cameras=[]",
+        "teleop=expert",
+        "keep=all",
+        "episode_time_s=2.5",
+        "num_episodes=20",
+        "fps=20",
+        f"dataset={path}",
+        "keys=off",
+        *extra,
+    ]
+
+
+def _wait_for_episodes(path: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()
+        if (path / "zarr.json").exists():
+            try:
+                with EpisodeStore.open(path, "r") as store:
+                    if store.num_episodes >= n:
+                        return
+            except Exception:  # the store is still being created
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} episodes in {timeout} s")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("sig", "on_interrupt"),
+    [(signal.SIGINT, "discard"), (signal.SIGTERM, "discard"), (signal.SIGINT, "save")],
+)
+def test_an_interrupted_recording_keeps_every_committed_episode(
+    tmp_path: Path, sig: int, on_interrupt: str
+) -> None:
+    path = tmp_path / "live.zarr"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _record_cmd(path, f"on_interrupt={on_interrupt}", "seed=100"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_episodes(path, 1, proc)
+    time.sleep(1.0)  # well into the second episode (2.5 s each, expert usually done earlier)
+    with EpisodeStore.open(path, "r") as store:
+        committed = store.num_episodes
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "interrupted" in out
+    with EpisodeStore.open(path, "r") as store:
+        assert verify_store(path).ok
+        n = store.num_episodes
+        if on_interrupt == "discard":
+            assert n == committed
+        else:
+            assert n == committed + 1  # the episode in flight was kept
+            assert store.episode(n - 1).length > 0
+    # the store takes more episodes afterwards
+    done = subprocess.run(
+        _record_cmd(path, "num_episodes=1", "episode_time_s=0.5", "robot.clock=lockstep"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == n + 1
+
+
+def test_record_command_builds_a_dataset_in_lock_step(tmp_path: Path) -> None:
+    path = tmp_path / "cli.zarr"
+    start = time.monotonic()
+    done = subprocess.run(
+        [
+            *_record_cmd(path, "num_episodes=3", "episode_time_s=20", "robot.clock=lockstep"),
+            "keep=auto",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 3
+        seconds = store.num_frames / store.fps
+        assert all(store.episode(i).success for i in range(3))
+    assert time.monotonic() - start < seconds + 30  # not paced by the wall clock
+    bad = subprocess.run(
+        [*_record_cmd(path), "fps=abc"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "fps='abc' is not a number" in bad.stderr
