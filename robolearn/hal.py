@@ -39,15 +39,31 @@ class Clock(Protocol):
 
 
 class WallClock:
-    """The monotonic wall clock; sleeping really waits."""
+    """The monotonic wall clock; sleeping really waits.
+
+    `sleep_until` sleeps in the kernel until `spin` seconds before the deadline and then yields
+    in a tight loop until it: the kernel's wake-up can be late by a scheduler time slice on a busy
+    machine, and the last stretch decides the period error. The spin costs CPU (2 ms of every
+    10 ms period at 100 Hz is a fifth of a core); `spin=0` sleeps all the way.
+    """
+
+    def __init__(self, spin: float = 0.002) -> None:
+        if not spin >= 0:
+            raise ValueError(f"spin must be ≥ 0 seconds, got {spin}")
+        self.spin = float(spin)
 
     def now(self) -> float:
         return time.monotonic()
 
     def sleep_until(self, t: float) -> None:
-        delay = t - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        while True:
+            left = t - time.monotonic()
+            if left <= 0:
+                return
+            if left > self.spin:
+                time.sleep(left - self.spin)
+            else:
+                time.sleep(0)  # yield the core and the GIL, come straight back
 
 
 # ---------------------------------------------------------------------- observations
