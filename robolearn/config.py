@@ -1,7 +1,8 @@
 """Hydra configuration: composing the packaged configs with command-line overrides, and building
 robots and teleoperators from them.
 
-The configs live in `robolearn/conf/` (record.yaml with the groups robot/, task/, teleop/).
+The configs live in `configs/` at the repository root (record.yaml with the groups robot/,
+task/, teleop/).
 Commands compose them with hydra's compose API rather than `@hydra.main`, so hydra does not
 change the working directory or take over logging: `dataset=datasets/x.zarr` means what it says.
 """
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robolearn.errors import RobolearnError
 
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(RobolearnError):

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.text import Text
 
 from robolearn.config import ConfigError, build, choices, compose
-from robolearn.hal import EpisodeEvent, SimRobot
+from robolearn.hal import EpisodeEvent
 from robolearn.record import RecordConfig, Recorder
 
 console = Console(stderr=True)
@@ -26,7 +26,7 @@ console = Console(stderr=True)
 HELP = """usage: robolearn record [key=value ...] [group=option ...] [--cfg]
 
 Records demonstrations into a Zarr episode store (hydra overrides; defaults in
-robolearn/conf/record.yaml).
+configs/record.yaml).
 
 groups:
   robot=   {robots}
@@ -72,19 +72,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def make_robot(cfg: DictConfig) -> Any:
-    """The robot of `cfg.robot`, with the simulated task of `cfg.task` when it is a sim robot."""
-    from hydra.utils import get_class
-
-    task = None
-    if issubclass(get_class(cfg.robot._target_), SimRobot) and cfg.task.name != "free":
-        from sim.tasks import make_task
-        from sim.tasks.base import TaskConfig
-
-        task = make_task(
-            cfg.task.name,
-            TaskConfig(control_hz=float(cfg.task.control_hz), max_seconds=cfg.task.max_seconds),
-        )
-    return build(cfg.robot, "robot", task=task)
+    """The robot of `cfg.robot` (a simulated one loads the scene of `cfg.task` by interpolation)."""
+    return build(cfg.robot, "robot")
 
 
 def record_config(cfg: DictConfig, keep: str) -> RecordConfig:
