@@ -175,16 +175,15 @@ class Recorder:
     # ------------------------------------------------------------------ run
     def run(self) -> list[EpisodeResult]:
         cfg = self.config
-        store = self.open_store()
-        saved_before = store.num_episodes
         try:
+            # the devices first: a missing gamepad must not leave an empty store behind
             with (
-                store,
+                self._teleop_connected(),
+                self.open_store() as store,
                 store.writer() as writer,
                 self._interrupt,
-                self._teleop_connected(),
             ):
-                self._record_all(writer, saved_before)
+                self._record_all(writer, store.num_episodes)
         finally:
             self._hold()
         saved = sum(r.outcome == "saved" for r in self.results)

@@ -8,7 +8,6 @@ robolearn record --cfg          # print the composed config and exit
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -113,7 +112,10 @@ def record(cfg: DictConfig) -> int:
     _switch(cfg, "keys"), _switch(cfg, "status")
     robot = make_robot(cfg)
     with robot, _keys(cfg) as (reader, keys, key_help):
-        teleop = build(cfg.teleop, "teleop", robot=robot, reader=reader, spec=robot.spec)
+        limits = robot.spec.features.get("action.ee")
+        teleop = build(
+            cfg.teleop, "teleop", robot=robot, reader=reader, spec=robot.spec, limits=limits
+        )
         scripted = type(teleop).__name__ == "ExpertTeleop"
         keep = cfg.keep if cfg.keep != "auto" else ("success" if scripted else "all")
         config = record_config(cfg, keep)
@@ -123,8 +125,8 @@ def record(cfg: DictConfig) -> int:
             f"with {type(robot).__name__} ({clock} clock) and {type(teleop).__name__} "
             f"at {config.fps:g} Hz into {config.dataset} (keep={keep})"
         )
-        if reader is not None and not getattr(reader, "active", False):
-            console.print("no terminal on stdin: episode keys are off (Ctrl-C stops)")
+        if reader is not None and not reader.active:
+            console.print(f"episode keys are off ({reader.reason}); Ctrl-C stops")
         elif keys is not None:
             console.print(f"keys: {key_help}")
         with _status(cfg) as status:
@@ -154,13 +156,16 @@ def _switch(cfg: DictConfig, key: str) -> str:
 def _keys(cfg: DictConfig) -> Iterator[tuple[Any, Any, str]]:
     """A terminal key reader (shared with a keyboard teleop) and the episode-event source."""
     mode = _switch(cfg, "keys")
-    if mode == "off" or (mode == "auto" and not sys.stdin.isatty()):
+    if mode == "off":
         yield None, None, ""
         return
     from robolearn.terminal import EpisodeKeys, KeyReader
 
     mapping = EpisodeKeys()
+    # without a terminal (CI, a pipe) the reader stays inactive and says why
     with KeyReader() as reader:
+        if mode == "on" and not reader.active:
+            raise ConfigError(f"keys=on but {reader.reason}; use keys=auto or keys=off")
 
         def events() -> list[EpisodeEvent]:
             return mapping.events(reader.keys())

@@ -268,3 +268,57 @@ def test_record_command_builds_a_dataset_in_lock_step(tmp_path: Path) -> None:
         [*_record_cmd(path), "fps=abc"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "fps='abc' is not a number" in bad.stderr
+
+
+def test_a_missing_device_fails_clearly_and_leaves_no_store(tmp_path: Path) -> None:
+    path = tmp_path / "pad.zarr"
+    done = subprocess.run(
+        [*_record_cmd(path), "teleop=gamepad"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SDL_JOYSTICK_DEVICE": "/nonexistent"},
+    )
+    assert done.returncode == 2 and "no gamepad found" in done.stderr
+    assert not path.exists()
+
+
+@pytest.mark.integration
+def test_keyboard_teleop_and_episode_keys_in_a_real_terminal(tmp_path: Path) -> None:
+    """Drive `robolearn record teleop=keyboard` through a pseudo-terminal: move, save, quit."""
+    import pty
+
+    path = tmp_path / "kb.zarr"
+    master, slave = pty.openpty()
+    cmd = [c for c in _record_cmd(path) if not c.startswith(("keys=", "teleop="))]
+    proc = subprocess.Popen(
+        [*cmd, "teleop=keyboard", "keys=on", "episode_time_s=30", "fps=10"],
+        cwd=REPO,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    os.close(slave)
+    try:
+        time.sleep(6.0)  # start-up: imports and the PyBullet scene
+        for _ in range(15):  # hold "i" (+x) for 1.5 s, as a terminal's key repeat sends it
+            os.write(master, b"i")
+            time.sleep(0.1)
+        time.sleep(0.5)
+        os.write(master, b"s")  # save the episode
+        time.sleep(1.5)
+        os.write(master, b"q")  # quit during the next one
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, out
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 1
+        ee = store.read("action.ee", 0, store.num_frames)
+        pos = store.read("ee_pose", 0, store.num_frames)[:, 0]
+    assert (ee[:, 0] > 0).sum() >= 10  # the +x key moved the hand for most of 1.5 s
+    assert pos[-1] - pos[0] > 0.05
