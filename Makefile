@@ -20,3 +20,4 @@ format:
 
 bench:
 	$(UV) run --locked python benchmarks/data_io.py
+	$(UV) run --locked python benchmarks/sim.py

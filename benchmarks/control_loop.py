@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 2.0 if args.quick else 10.0
     results: dict[str, Any] = {
         "benchmark": "control_loop",
-        "command": ".venv/bin/python benchmarks/control_loop.py" + (" --quick" if args.quick else ""),
+        "command": ".venv/bin/python benchmarks/control_loop.py"
+        + (" --quick" if args.quick else ""),
         "quick": args.quick,
         "timestamp": dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),

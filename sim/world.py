@@ -42,9 +42,10 @@ class SimWorld:
         self.client.setGravity(0, 0, self.config.gravity)
         self.client.setPhysicsEngineParameter(numSolverIterations=self.config.solver_iterations)
         self.steps = 0
+        # the renderer first: the EGL plugin only draws bodies loaded after it
+        self.renderer = self._choose_renderer(self.config.renderer)
         self.plane = self.client.loadURDF("plane.urdf", [0, 0, TABLE_HEIGHT])
         self.client.changeVisualShape(self.plane, -1, rgbaColor=[0.78, 0.72, 0.62, 1])
-        self.renderer = self._choose_renderer(self.config.renderer)
 
     @property
     def time(self) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from robolearn.testing.conformance import RobotConformance
@@ -48,4 +50,12 @@ class TestSO101LockStep(RobotConformance):
             up=(1.0, 0.0, 0.0),
         )
         with PyBulletRobot("so101", cameras=[CAMERAS[0], wrist], seed=0) as robot:
+            yield robot
+
+
+class TestPandaWithDepth(RobotConformance):
+    @pytest.fixture
+    def robot(self):
+        cameras = [replace(CAMERAS[0], depth=True), replace(CAMERAS[1], depth=True)]
+        with PyBulletRobot("panda", cameras=cameras, seed=0) as robot:
             yield robot
