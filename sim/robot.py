@@ -255,6 +255,16 @@ class PyBulletRobot(SimRobot):
         self._ee_target = arm.ee_pose()
         return self.observe()
 
+    def hold(self) -> None:
+        """Hold the arm where it is now (targets = measured joints, gripper as it is)."""
+        arm = self.arm
+        if arm is None:
+            return
+        q, grip = arm.joint_positions(), arm.open_fraction()
+        arm.command(q, grip)
+        self._q_target, self._grip_target = q, grip
+        self._ee_target = arm.ee_pose()
+
     # ------------------------------------------------------------------ observe / act
     def _observe(self) -> Observation:
         arm = self.arm
