@@ -11,7 +11,7 @@ import numpy as np
 import pybullet as p
 from pybullet_utils import bullet_client
 
-from sim.world import new_client
+from sim.world import new_client, quat_multiply, quat_to_rotvec
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -34,6 +34,13 @@ class ArmModel:
     units: str = "rad"
     max_force: tuple[float, ...] = ()
     gripper_force: float = 20.0
+    # rad/s (or m/s) cap on the jaws' speed; None: uncapped. A light jaw driven by its motor's
+    # full force with no cap hits its stop so hard that the whole arm goes unstable (SO-101).
+    gripper_max_velocity: float | None = None
+    # N·m·s/rad, replaces the URDF's damping of every arm and gripper joint; None: the URDF's.
+    # PyBullet applies joint damping explicitly, which for light links at 240 Hz is unstable
+    # above about 0.1 (the SO-101's URDF has MuJoCo's 0.6, where it is integrated implicitly).
+    joint_damping: float | None = None
     base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     base_yaw: float = 0.0
     tool_down: tuple[float, float, float, float] = (
@@ -48,6 +55,11 @@ class ArmModel:
     # height (m) above the table where experts hover before going down.
     workspace: tuple[tuple[float, float], tuple[float, float]] = ((0.4, 0.65), (-0.2, 0.2))
     hover: float = 0.15
+    # For experts: how far to open the jaws to grasp (open fraction), and where the tool centre
+    # sits between the jaws: None midway (two fingers closing on it), or the x (m, tool frame)
+    # of the inner face of a fixed jaw that a single moving jaw closes against.
+    grasp_open: float = 1.0
+    fixed_jaw: float | None = None
     state_names: tuple[str, ...] = field(default=())
 
     @property
@@ -89,10 +101,14 @@ SO101 = ArmModel(
     units="deg",  # lerobot's SO-101 with use_degrees=True
     max_force=(3.0,) * 5,
     gripper_force=3.0,
+    gripper_max_velocity=2.0,
+    joint_damping=0.1,
     ik_orientation=False,
     position_gain=0.2,
     workspace=((0.17, 0.27), (-0.1, 0.1)),
-    hover=0.08,
+    hover=0.06,  # much higher and the tool can no longer point straight down
+    grasp_open=0.5,  # 45° of the jaw's -10°…100°: enough for a 2.5 cm cube
+    fixed_jaw=0.002,  # gripper_frame_link sits 2 mm off the fixed jaw's face
 )
 
 
@@ -146,6 +162,9 @@ class SimArm:
             client.changeDynamics(self.body, link, lateralFriction=1.0)
         for j in self.gripper:
             client.changeDynamics(self.body, j, lateralFriction=2.0, spinningFriction=0.01)
+        if model.joint_damping is not None:
+            for j in self.joints + self.gripper:
+                client.changeDynamics(self.body, j, jointDamping=model.joint_damping)
         self.reset(np.array(model.home), open_fraction=1.0)
 
     # ------------------------------------------------------------------ state
@@ -186,13 +205,24 @@ class SimArm:
             positionGains=[self.model.position_gain] * n,
         )
         g = self._gripper_joint_value(open_fraction)
-        self.client.setJointMotorControlArray(
-            self.body,
-            self.gripper,
-            p.POSITION_CONTROL,
-            targetPositions=[g] * len(self.gripper),
-            forces=[self.model.gripper_force] * len(self.gripper),
-        )
+        if self.model.gripper_max_velocity is None:
+            self.client.setJointMotorControlArray(
+                self.body,
+                self.gripper,
+                p.POSITION_CONTROL,
+                targetPositions=[g] * len(self.gripper),
+                forces=[self.model.gripper_force] * len(self.gripper),
+            )
+        else:  # only the one-joint-at-a-time call takes a speed cap
+            for j in self.gripper:
+                self.client.setJointMotorControl2(
+                    self.body,
+                    j,
+                    p.POSITION_CONTROL,
+                    targetPosition=g,
+                    force=self.model.gripper_force,
+                    maxVelocity=self.model.gripper_max_velocity,
+                )
 
     def _gripper_joint_value(self, open_fraction: float) -> float:
         closed, opened = self.model.gripper_joint_range
@@ -208,6 +238,8 @@ class SimArm:
 
     def inverse(self, pos: np.ndarray, quat: np.ndarray | None, seed: np.ndarray) -> np.ndarray:
         """Joint positions that put the end effector at `pos` (and `quat` where the arm can)."""
+        if quat is not None and not self.model.ik_orientation:
+            return self.inverse_position_first(pos, quat, seed)
         for j, v in zip(self.joints, seed, strict=True):
             self.kin.resetJointState(self.kin_body, j, float(v))
         rest = self.lower + 0.0
@@ -222,7 +254,7 @@ class SimArm:
             "maxNumIterations": 100,
             "residualThreshold": 1e-5,
         }
-        if quat is not None and self.model.ik_orientation:
+        if quat is not None:
             sol = self.kin.calculateInverseKinematics(
                 self.kin_body, self.ee, pos.tolist(), quat.tolist(), **kwargs
             )
@@ -232,6 +264,59 @@ class SimArm:
             )
         q = np.array([sol[rest_map[j]] for j in self.joints])
         return np.clip(q, self.joint_low, self.joint_high)
+
+    def inverse_position_first(
+        self, pos: np.ndarray, quat: np.ndarray, seed: np.ndarray, iterations: int = 60
+    ) -> np.ndarray:
+        """IK for an arm with too few joints to take every orientation (the 5-DoF SO-101).
+
+        PyBullet's IK either solves such an arm for the position alone (and the tool drifts
+        into whatever tilt is nearest: end-effector rotations in actions are lost) or weighs an
+        orientation against the position (and misses both). This is damped least squares from
+        `seed` with strict priorities: the position first, then, with the joint motions that
+        leave the position alone, the orientation as close to `quat` as they can get it. A
+        joint at its limit is left out of a step that would push it further, so the others make
+        up for it.
+        """
+        q = np.clip(np.asarray(seed, dtype=np.float64), self.joint_low, self.joint_high)
+        cols = [self.movable.index(j) for j in self.joints]
+        zeros = [0.0] * len(self.movable)
+        n = len(q)
+        for _ in range(iterations):
+            for j, v in zip(self.joints, q, strict=True):
+                self.kin.resetJointState(self.kin_body, j, float(v))
+            state = self.kin.getLinkState(self.kin_body, self.ee, computeForwardKinematics=True)
+            e_pos = np.asarray(pos, dtype=np.float64) - np.array(state[4])
+            conj = np.array([-state[5][0], -state[5][1], -state[5][2], state[5][3]])
+            e_rot = quat_to_rotvec(quat_multiply(np.asarray(quat, dtype=np.float64), conj))
+            movable = [s[0] for s in self.kin.getJointStates(self.kin_body, self.movable)]
+            lin, ang = self.kin.calculateJacobian(
+                self.kin_body, self.ee, [0.0, 0.0, 0.0], movable, zeros, zeros
+            )
+            jp_all, jo_all = np.array(lin)[:, cols], np.array(ang)[:, cols]
+            free = np.ones(n)
+            for _ in range(n):
+                jp, jo = jp_all * free, jo_all * free
+                jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + 1e-6 * np.eye(3))
+                dq = jp_pinv @ e_pos
+                null = (np.eye(n) - jp_pinv @ jp) * free
+                jo_null = jo @ null
+                rest = e_rot - jo @ dq
+                damped = jo_null @ jo_null.T + 2.5e-3 * np.eye(3)
+                dq = dq + null @ (jo_null.T @ np.linalg.solve(damped, rest))
+                blocked = ((q <= self.joint_low + 1e-6) & (dq < 0)) | (
+                    (q >= self.joint_high - 1e-6) & (dq > 0)
+                )
+                if not (blocked & (free > 0)).any():
+                    break
+                free[blocked] = 0.0
+            biggest = float(np.abs(dq).max())
+            if biggest > 0.2:
+                dq *= 0.2 / biggest
+            q = np.clip(q + dq, self.joint_low, self.joint_high)
+            if biggest < 1e-5:
+                break
+        return q
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robolearn.hal import Observation, Teleoperator
+from sim.world import quat_multiply, quat_to_rotvec, rotvec_to_quat
 
 
 def rot6d_to_quat(r: np.ndarray) -> np.ndarray:
@@ -52,12 +53,27 @@ class Waypoint:
     dwell: int = 0
     yaw: float | None = None
     speed: float | None = None  # metres per tick; None: the expert's own
+    # What `pos` is for: "hand" (the tool centre), or, for experts that carry things (see
+    # CarryExpert), "grasp" (where to grasp the object as it lies now), "object" (where the
+    # held object should be) or "over_object" (the open hand where it would grasp the object).
+    aim: str = "hand"
+    noise: float = 1.0  # scales the expert's hand tremor (0: a steady hand for fine work)
+
+    def __post_init__(self) -> None:
+        self.pos = np.array(self.pos, dtype=np.float64)  # its own copy: experts re-aim in place
 
 
 class WaypointExpert(Teleoperator):
-    """Follows a list of waypoints with bounded speed, smooth noise and per-episode style."""
+    """Follows a list of waypoints with bounded speed, smooth noise and per-episode style.
+
+    It sends end-effector deltas, unless `joint_space` is set: then it works out the joint
+    targets itself, with the tool kept pointing down (turned to the waypoint's yaw) as far as
+    the arm allows, and sends those. An arm with five joints (the SO-101) needs that: the
+    robot's own IK for end-effector deltas places the tool but leaves its tilt to chance.
+    """
 
     action_key = "action.ee"
+    joint_key = "action.joint"
 
     def __init__(
         self, robot, rng: np.random.Generator, *, speed: float = 0.02, noise: float = 0.002
@@ -71,6 +87,9 @@ class WaypointExpert(Teleoperator):
         self._dwell = 0
         self._drift = np.zeros(3)
         self._yaw0: float | None = None
+        self.joint_space = False
+        self._q: np.ndarray | None = None  # the last joint targets sent (joint_space)
+        self._hold_yaw: float | None = None
         limits = robot.spec[self.action_key].high
         self.max_step = float(limits[0]) * 0.9
         self.max_rot = float(limits[3]) * 0.9
@@ -91,6 +110,8 @@ class WaypointExpert(Teleoperator):
         self.on_tick(obs)
         if self.done:
             last = self.waypoints[-1].gripper if self.waypoints else 1.0
+            if self.joint_space and self._q is not None:
+                return {self.joint_key: self._joint_action(self._q, last)}
             return {self.action_key: np.array([0, 0, 0, 0, 0, 0, last], dtype=np.float32)}
         wp = self.waypoints[self.index]
         error = wp.pos - pos
@@ -100,7 +121,7 @@ class WaypointExpert(Teleoperator):
         # Smooth noise: a slowly drifting offset, so paths wander like a hand's would.
         self._drift = 0.8 * self._drift + self.rng.normal(0.0, self.noise, 3)
         if dist > 3 * wp.tol:
-            step = step + self._drift
+            step = step + self._drift * wp.noise
         rot = np.zeros(3)
         if wp.yaw is not None:
             dyaw = _wrap(wp.yaw - _yaw(quat))
@@ -111,7 +132,38 @@ class WaypointExpert(Teleoperator):
                 self.index += 1
                 self._dwell = 0
         step = np.clip(step, -self.max_step, self.max_step)
+        if self.joint_space:
+            q = self._solve(obs, pos + step, quat, wp.yaw)
+            return {self.joint_key: self._joint_action(q, wp.gripper)}
         return {self.action_key: np.array([*step, *rot, wp.gripper], dtype=np.float32)}
+
+    def _solve(
+        self, obs: Observation, pos: np.ndarray, quat: np.ndarray, yaw: float | None
+    ) -> np.ndarray:
+        """Joint targets for the tool at `pos`, turned (at most `max_rot` a tick) towards
+        pointing down with its x axis at `yaw` (None: the yaw it was last asked for)."""
+        model = self.robot.model
+        if self._q is None:
+            self._q = obs["state"][: len(model.joint_names)].astype(np.float64) / model.scale
+        if yaw is not None:
+            self._hold_yaw = yaw
+        elif self._hold_yaw is None:
+            self._hold_yaw = _yaw(quat)
+        heading = rotvec_to_quat(np.array([0.0, 0.0, self._hold_yaw]))
+        want = quat_multiply(heading, np.array(model.tool_down))
+        turn = quat_to_rotvec(quat_multiply(want, quat * np.array([-1.0, -1.0, -1.0, 1.0])))
+        angle = float(np.linalg.norm(turn))
+        if angle > self.max_rot:
+            turn *= self.max_rot / angle
+        self._q = self.robot.arm.inverse_position_first(
+            pos, quat_multiply(rotvec_to_quat(turn), quat), self._q
+        )
+        return self._q
+
+    def _joint_action(self, q: np.ndarray, gripper: float) -> np.ndarray:
+        model = self.robot.model
+        g0, g1 = model.gripper_range
+        return np.array([*(q * model.scale), g0 + gripper * (g1 - g0)], dtype=np.float32)
 
     def on_tick(self, obs: Observation) -> None:
         """Hook for experts that re-plan from what they see (e.g. a slipped cube)."""

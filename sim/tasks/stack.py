@@ -8,7 +8,7 @@ from robolearn.spec import Feature
 from sim.tasks.base import Task
 from sim.tasks.expert import WaypointExpert
 from sim.tasks.objects import PALETTE, make_box, place, pose, sample_apart
-from sim.tasks.pick_place import CarryExpert
+from sim.tasks.pick_place import DROP, CarryExpert
 
 
 class Stack(Task):
@@ -71,4 +71,7 @@ class StackExpert(CarryExpert):
 
     def drop_point(self) -> np.ndarray:
         base, _ = pose(self.task.world.client, self.task.base)
-        return np.array([base[0], base[1], base[2] + 2 * self.task.half + 0.006])
+        return np.array([base[0], base[1], base[2] + 2 * self.task.half + DROP])
+
+    def place_yaw(self) -> float:
+        return pose(self.task.world.client, self.task.base)[1]
