@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robolearn.bench import update_docs_section
 from robolearn.data.store import EpisodeStore
 from robolearn.data.timing import analyse
 from robolearn.loop import ControlLoop, LoopStats, Tick
@@ -193,17 +193,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def update_docs(path: Path, section: str) -> None:
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(DOCS_START) + r".*?" + re.escape(DOCS_END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    update_docs_section(path, "control_loop", section)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
+from robolearn.bench import update_docs_section
 from robolearn.data.codecs import ImageCodec
 from robolearn.data.sequence import SequenceDataset
 from robolearn.data.store import EpisodeStore
@@ -734,20 +734,7 @@ def comparison(reads: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def update_docs(path: Path, section: str) -> None:
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = "# Benchmarks\n\nFigures measured by the scripts in `benchmarks/`, newest run of each.\n"
-    pattern = re.compile(re.escape(DOCS_START) + r".*?" + re.escape(DOCS_END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    update_docs_section(path, "data_io", section)
 
 
 # ---------------------------------------------------------------------- main

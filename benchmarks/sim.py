@@ -41,7 +41,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -59,6 +58,7 @@ from rich.progress import (  # noqa: E402
     TimeRemainingColumn,
 )
 
+from robolearn.bench import update_docs_section  # noqa: E402
 from sim.robot import CameraConfig, PyBulletRobot  # noqa: E402
 from sim.tasks import TASKS, make_task  # noqa: E402
 from sim.world import TABLE_HEIGHT, PhysicsConfig  # noqa: E402
@@ -842,20 +842,7 @@ def comparison(results: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def update_docs(path: Path, section: str) -> None:
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = "# Benchmarks\n\nFigures measured by the scripts in `benchmarks/`, newest run of each.\n"
-    pattern = re.compile(re.escape(DOCS_START) + r".*?" + re.escape(DOCS_END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    update_docs_section(path, "sim", section)
 
 
 # ---------------------------------------------------------------------- main
