@@ -1,0 +1,209 @@
+"""ACT: Action Chunking with Transformers, as a conditional VAE.
+
+Training: a VAE encoder reads [CLS, state, a_1..a_H] and gives the posterior of a style latent z
+(32-D). The policy — a transformer encoder over [z, state, image feature tokens] and a decoder
+with one query per chunk step — reconstructs the chunk; loss = masked L1 + kl_weight · KL.
+Inference: z = 0 (the prior's mean), no VAE encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robolearn.data.stats import KeyStats
+from robolearn.errors import SpecError
+from robolearn.policies.base import Policy, PolicyConfig, masked_mean
+from robolearn.policies.vision import ImageAugment, VisionConfig, crop_size, resnet18_backbone
+from robolearn.spec import FeatureSpec
+
+
+def _act_vision() -> VisionConfig:
+    return VisionConfig(norm="batch", crop=None, pooling="avg")
+
+
+@dataclasses.dataclass
+class ACTConfig(PolicyConfig):
+    policy: ClassVar[str] = "robolearn.policies.act.model:ACTPolicy"
+
+    n_obs_steps: int = 1
+    horizon: int = 100  # the chunk size: 2 s at 50 Hz
+    n_action_steps: int = 100
+    normalization: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"state": "mean_std", "action": "mean_std", "image": "mean_std"}
+    )
+    vision: VisionConfig = dataclasses.field(default_factory=_act_vision)
+    dim_model: int = 512
+    n_heads: int = 8
+    dim_feedforward: int = 3200
+    n_encoder_layers: int = 4
+    n_decoder_layers: int = 1
+    n_vae_encoder_layers: int = 4
+    latent_dim: int = 32
+    dropout: float = 0.1
+    use_vae: bool = True
+    kl_weight: float = 10.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_obs_steps != 1:
+            raise SpecError("ACT reads one observation (n_obs_steps: 1)")
+        if self.dim_model % self.n_heads:
+            raise SpecError(
+                f"dim_model {self.dim_model} must be a multiple of n_heads {self.n_heads}"
+            )
+
+
+def sinusoid_1d(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
+
+
+def sinusoid_2d(h: int, w: int, d: int) -> torch.Tensor:
+    """(h·w, d): half the channels encode the row, half the column (DETR-style)."""
+    rows = sinusoid_1d(h, d // 2)[:, None, :].expand(h, w, d // 2)
+    cols = sinusoid_1d(w, d // 2)[None, :, :].expand(h, w, d // 2)
+    return torch.cat([rows, cols], -1).reshape(h * w, d)
+
+
+def _encoder(cfg: ACTConfig, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        cfg.dim_model,
+        cfg.n_heads,
+        cfg.dim_feedforward,
+        cfg.dropout,
+        activation="relu",
+        batch_first=True,
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class ACTPolicy(Policy):
+    config_class = ACTConfig
+    config: ACTConfig
+
+    def __init__(
+        self, config: ACTConfig, spec: FeatureSpec, stats: Mapping[str, KeyStats] | None = None
+    ) -> None:
+        super().__init__(config, spec, stats)
+        d, h = config.dim_model, config.horizon
+        if not self.state_keys and not self.image_keys:
+            raise SpecError("ACT needs at least one state or image observation")
+        # --- VAE encoder: [CLS, state, actions] → q(z | state, actions)
+        if config.use_vae:
+            self.vae_cls = nn.Parameter(torch.zeros(1, 1, d))
+            self.vae_state = nn.Linear(self.state_dim, d) if self.state_keys else None
+            self.vae_action = nn.Linear(self.action_dim, d)
+            self.vae_encoder = _encoder(config, config.n_vae_encoder_layers)
+            self.vae_out = nn.Linear(d, 2 * config.latent_dim)
+            n_vae = 1 + bool(self.state_keys) + h
+            self.register_buffer("vae_pos", sinusoid_1d(n_vae, d)[None], persistent=False)
+        # --- observation tokens
+        self.latent_in = nn.Linear(config.latent_dim, d)
+        self.state_in = nn.Linear(self.state_dim, d) if self.state_keys else None
+        n_1d = 1 + bool(self.state_keys)
+        self.pos_1d = nn.Parameter(torch.zeros(1, n_1d, d))
+        self.image_tokens = 0
+        if self.image_keys:
+            shapes = {
+                policy_shape for policy_shape in (self.spec[k].shape for k in self.image_keys)
+            }
+            if len(shapes) > 1:
+                raise SpecError(
+                    f"ACT shares one backbone; cameras {self.image_keys} differ in shape"
+                )
+            shape = next(iter(shapes))
+            out_hw = crop_size(shape, config.vision.crop)
+            self.augment = ImageAugment(out_hw, config.vision.color_jitter)
+            self.backbone = resnet18_backbone(config.vision.norm, config.vision.pretrained)
+            self.image_proj = nn.Conv2d(512, d, 1)
+            fh, fw = math.ceil(out_hw[0] / 32), math.ceil(out_hw[1] / 32)
+            self.register_buffer("image_pos", sinusoid_2d(fh, fw, d)[None], persistent=False)
+            self.image_tokens = fh * fw * len(self.image_keys)
+        # --- transformer
+        self.encoder = _encoder(config, config.n_encoder_layers)
+        layer = nn.TransformerDecoderLayer(
+            d,
+            config.n_heads,
+            config.dim_feedforward,
+            config.dropout,
+            activation="relu",
+            batch_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(layer, config.n_decoder_layers)
+        self.queries = nn.Parameter(torch.zeros(1, h, d))
+        self.head = nn.Linear(d, self.action_dim)
+        for p in (self.pos_1d, self.queries):
+            nn.init.normal_(p, std=0.02)
+
+    # ------------------------------------------------------------------ parts
+    def _tokens(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """[z, state, image tokens] with positions: (B, N, d)."""
+        tokens = [self.latent_in(z)[:, None]]
+        state = self.normalized_state(obs)
+        if state is not None:
+            tokens.append(self.state_in(state[:, -1])[:, None])
+        out = torch.cat(tokens, 1) + self.pos_1d
+        if self.image_keys:
+            images = []
+            for key in self.image_keys:
+                x = obs[key][:, -1].permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
+                x = self.normalizer.image(key, self.augment(x))
+                feats = self.image_proj(self.backbone(x))  # (B, d, h, w)
+                images.append(feats.flatten(2).transpose(1, 2) + self.image_pos)
+            out = torch.cat([out, *images], 1)
+        return out
+
+    def _decode(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder(self._tokens(obs, z))
+        queries = self.queries.expand(z.shape[0], -1, -1)
+        return self.head(self.decoder(queries, memory))  # (B, H, A)
+
+    def _posterior(
+        self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, is_pad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = actions.shape[0]
+        tokens = [self.vae_cls.expand(b, -1, -1)]
+        pad = [torch.zeros(b, 1, dtype=torch.bool, device=actions.device)]
+        state = self.normalized_state(obs)
+        if state is not None and self.vae_state is not None:
+            tokens.append(self.vae_state(state[:, -1])[:, None])
+            pad.append(pad[0])
+        tokens.append(self.vae_action(actions))
+        pad.append(is_pad)
+        x = torch.cat(tokens, 1) + self.vae_pos
+        h = self.vae_encoder(x, src_key_padding_mask=torch.cat(pad, 1))
+        mu, logvar = self.vae_out(h[:, 0]).chunk(2, -1)
+        return mu, logvar
+
+    # ------------------------------------------------------------------ contract
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = self._to_device(batch, [*self.obs_keys, *self.action_keys, "action_is_pad"])
+        actions = self.normalized_actions(batch)
+        is_pad = batch["action_is_pad"]
+        b = actions.shape[0]
+        if self.config.use_vae:
+            mu, logvar = self._posterior(batch, actions, is_pad)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
+        else:
+            z = torch.zeros(b, self.config.latent_dim, device=actions.device)
+            kl = torch.zeros((), device=actions.device)
+        pred = self._decode(batch, z)
+        l1 = masked_mean(F.l1_loss(pred, actions, reduction="none"), is_pad)
+        return {"loss": l1 + self.config.kl_weight * kl, "l1": l1, "kl": kl}
+
+    def _predict(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = obs[self.obs_keys[0]].shape[0]
+        z = torch.zeros(b, self.config.latent_dim, device=self.device)
+        return self._decode(obs, z)

@@ -1,0 +1,223 @@
+"""Denoising networks over an action chunk, shared by diffusion and flow matching.
+
+Both map (noisy chunk (B, H, A), time (B,), observation features (B, T, D)) → (B, H, A):
+the conditional U-Net 1D with FiLM of diffusion policy, and a transformer decoder that reads the
+observation tokens through cross-attention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from robolearn.errors import SpecError
+
+
+@dataclass
+class DenoiserConfig:
+    kind: Literal["unet", "transformer"] = "unet"
+    time_embed_dim: int = 128
+    # U-Net
+    down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    kernel_size: int = 5
+    n_groups: int = 8
+    # transformer
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    dropout: float = 0.1
+    attn_dropout: float = 0.3
+    causal: bool = True
+
+
+def make_denoiser(
+    config: DenoiserConfig, action_dim: int, horizon: int, cond_dim: int, n_obs_steps: int
+) -> nn.Module:
+    if config.kind == "unet":
+        return ConditionalUnet1D(action_dim, horizon, cond_dim * n_obs_steps, config)
+    if config.kind == "transformer":
+        return TransformerDenoiser(action_dim, horizon, cond_dim, n_obs_steps, config)
+    raise SpecError(f"denoiser kind {config.kind!r} is not one of unet, transformer")
+
+
+class SinusoidalEmbedding(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat([x.sin(), x.cos()], -1)
+
+
+def time_mlp(dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        SinusoidalEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim)
+    )
+
+
+# ---------------------------------------------------------------------------------- U-Net
+class Conv1dBlock(nn.Sequential):
+    """Conv1d → GroupNorm → Mish."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, groups: int) -> None:
+        super().__init__(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2),
+            nn.GroupNorm(groups, c_out),
+            nn.Mish(),
+        )
+
+
+class FiLMResBlock(nn.Module):
+    """Two conv blocks; the conditioning scales and shifts the first one's output per channel."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.block1 = Conv1dBlock(c_in, c_out, kernel, groups)
+        self.block2 = Conv1dBlock(c_out, c_out, kernel, groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.block1(x)  # (B, C, L)
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        h = self.block2(scale * h + bias)
+        return h + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Diffusion policy's temporal U-Net: 1-D convolutions over the chunk, FiLM-conditioned."""
+
+    def __init__(
+        self, action_dim: int, horizon: int, global_cond_dim: int, config: DenoiserConfig
+    ) -> None:
+        super().__init__()
+        dims = [action_dim, *config.down_dims]
+        if horizon % (2 ** (len(config.down_dims) - 1)):
+            raise SpecError(
+                f"the U-Net halves the horizon {len(config.down_dims) - 1} times: horizon "
+                f"{horizon} must be a multiple of {2 ** (len(config.down_dims) - 1)}"
+            )
+        k, g = config.kernel_size, config.n_groups
+        self.time = time_mlp(config.time_embed_dim)
+        cond_dim = config.time_embed_dim + global_cond_dim
+        pairs = list(itertools.pairwise(dims))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(pairs):
+            last = i == len(pairs) - 1
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResBlock(c_in, c_out, cond_dim, k, g),
+                        FiLMResBlock(c_out, c_out, cond_dim, k, g),
+                        nn.Conv1d(c_out, c_out, 3, 2, 1) if not last else nn.Identity(),
+                    ]
+                )
+            )
+        mid = dims[-1]
+        self.mid = nn.ModuleList(
+            [FiLMResBlock(mid, mid, cond_dim, k, g), FiLMResBlock(mid, mid, cond_dim, k, g)]
+        )
+        self.up = nn.ModuleList()
+        # every level but the deepest was halved on the way down, so each is doubled on the way up
+        for c_in, c_out in reversed(pairs[1:]):
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResBlock(2 * c_out, c_in, cond_dim, k, g),
+                        FiLMResBlock(c_in, c_in, cond_dim, k, g),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
+        self.final = nn.Sequential(
+            Conv1dBlock(dims[1], dims[1], k, g), nn.Conv1d(dims[1], action_dim, 1)
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A), t (B,), obs (B, T, D) → (B, H, A)."""
+        cond = torch.cat([self.time(t), obs.flatten(1)], -1)
+        h = x.transpose(1, 2)  # (B, A, H): channels are action dimensions
+        skips = []
+        for res1, res2, down in self.down:
+            h = res2(res1(h, cond), cond)
+            skips.append(h)
+            h = down(h)
+        for res in self.mid:
+            h = res(h, cond)
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = up(res2(res1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------- transformer
+class TransformerDenoiser(nn.Module):
+    """Action tokens attend to each other (causally) and to [time, obs_1..obs_T] tokens."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        horizon: int,
+        obs_dim: int,
+        n_obs_steps: int,
+        config: DenoiserConfig,
+    ) -> None:
+        super().__init__()
+        d = config.d_model
+        self.action_in = nn.Linear(action_dim, d)
+        self.action_pos = nn.Parameter(torch.zeros(1, horizon, d))
+        self.time = time_mlp(d)
+        self.obs_in = nn.Linear(obs_dim, d)
+        self.cond_pos = nn.Parameter(torch.zeros(1, 1 + n_obs_steps, d))
+        self.cond_encoder = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
+        layer = nn.TransformerDecoderLayer(
+            d,
+            config.n_heads,
+            4 * d,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # attention dropout is heavier than the residual one, as diffusion policy found best
+        for attn in (layer.self_attn, layer.multihead_attn):
+            attn.dropout = config.attn_dropout
+        self.decoder = nn.TransformerDecoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, action_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        mask = (
+            torch.triu(torch.full((horizon, horizon), float("-inf")), 1) if config.causal else None
+        )
+        self.register_buffer("mask", mask, persistent=False)
+        nn.init.normal_(self.action_pos, std=0.02)
+        nn.init.normal_(self.cond_pos, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A), t (B,), obs (B, T, D) → (B, H, A)."""
+        tokens = self.dropout(self.action_in(x) + self.action_pos)
+        cond = torch.cat([self.time(t)[:, None], self.obs_in(obs)], 1) + self.cond_pos
+        memory = self.cond_encoder(cond)
+        h = self.decoder(tokens, memory, tgt_mask=self.mask, tgt_is_causal=self.mask is not None)
+        return self.head(self.norm(h))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "ConditionalUnet1D",
+    "DenoiserConfig",
+    "TransformerDenoiser",
+    "count_parameters",
+    "make_denoiser",
+]

@@ -1,0 +1,166 @@
+"""Vision encoders: torchvision's ResNet-18 (BatchNorm or EMA-safe GroupNorm), spatial softmax, augmentation."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from robolearn.errors import SpecError
+
+log = logging.getLogger(__name__)
+
+Norm = Literal["group", "batch"]
+Pooling = Literal["spatial_softmax", "avg"]
+
+
+@dataclass
+class VisionConfig:
+    """How camera frames become features. Shared by the policies that see images."""
+
+    backbone: str = "resnet18"
+    norm: Norm = "group"  # GroupNorm keeps EMA and small batches safe; "batch" for pretrained BN
+    pretrained: str | None = None  # a local .safetensors / .pth of torchvision's ResNet weights
+    pooling: Pooling = "spatial_softmax"
+    num_keypoints: int = 32
+    feature_dim: int = 64  # per camera, after pooling
+    shared: bool = False  # one backbone for every camera, or one per camera
+    crop: float | None = 0.9  # crop side as a fraction of the frame (random when training)
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength when training; 0 = off
+
+
+def resnet18_backbone(
+    norm: Norm = "group", pretrained: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """torchvision's ResNet-18 up to layer4 (stride 32, 512 channels), weights from a local file."""
+    norm_layer = (lambda c: nn.GroupNorm(c // 16, c)) if norm == "group" else nn.BatchNorm2d
+    net = torchvision.models.resnet18(weights=None, norm_layer=norm_layer)
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained weights {path} not found; robolearn never downloads weights: save "
+                "torchvision's resnet18 state_dict to a local file and name it here"
+            )
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if norm == "group":  # GroupNorm has an affine part but no running statistics
+            state = {
+                k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k
+            }
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise SpecError(
+                f"{path} is not a torchvision resnet18 state_dict: missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
+            )
+        log.info("loaded ResNet-18 weights from %s", path)
+    return nn.Sequential(*list(net.children())[:-2])
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map → expected image coordinates of `num_keypoints` learned keypoints (x, y each)."""
+
+    def __init__(self, channels: int, num_keypoints: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, num_keypoints, 1)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        logits = self.proj(features).flatten(2)  # (B, K, H*W)
+        attn = logits.softmax(-1)
+        ys = torch.linspace(-1.0, 1.0, h, device=features.device, dtype=attn.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=features.device, dtype=attn.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(h * w, 2)
+        return (attn @ grid).reshape(b, 2 * self.num_keypoints)  # (B, 2K)
+
+
+def crop_size(image_shape: tuple[int, ...], crop: float | None) -> tuple[int, int]:
+    h, w = image_shape[0], image_shape[1]
+    if not crop:
+        return h, w
+    if not 0.0 < crop <= 1.0:
+        raise SpecError(f"vision crop must be a fraction in (0, 1], got {crop}")
+    return max(8, round(h * crop)), max(8, round(w * crop))
+
+
+class ImageAugment(nn.Module):
+    """Random crop + optional colour jitter when training; centre crop at inference.
+
+    Works on float images (N, C, H, W) in [0, 1]; every sample gets its own crop and jitter.
+    """
+
+    def __init__(self, out_hw: tuple[int, int], color_jitter: float = 0.0) -> None:
+        super().__init__()
+        self.out_hw = out_hw
+        self.color_jitter = float(color_jitter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        ch, cw = self.out_hw
+        if (ch, cw) != (h, w):
+            if self.training:
+                oy = torch.randint(0, h - ch + 1, (n,), device=x.device)
+                ox = torch.randint(0, w - cw + 1, (n,), device=x.device)
+                rows = (oy[:, None] + torch.arange(ch, device=x.device))[:, :, None]
+                cols = (ox[:, None] + torch.arange(cw, device=x.device))[:, None, :]
+                x = x[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # N,ch,cw,C
+                x = x.permute(0, 3, 1, 2)
+            else:
+                top, left = (h - ch) // 2, (w - cw) // 2
+                x = x[:, :, top : top + ch, left : left + cw]
+        if self.training and self.color_jitter > 0:
+            s = self.color_jitter
+            factors = 1.0 + (torch.rand(n, 3) * 2 - 1) * s
+            x = torch.stack(
+                [
+                    TF.adjust_saturation(
+                        TF.adjust_contrast(TF.adjust_brightness(img, float(f[0])), float(f[1])),
+                        float(f[2]),
+                    )
+                    for img, f in zip(x, factors, strict=True)
+                ]
+            )
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class ImageEncoder(nn.Module):
+    """One camera's frames → a feature vector: augment, ResNet-18, pooling, projection."""
+
+    def __init__(self, image_shape: tuple[int, ...], config: VisionConfig) -> None:
+        super().__init__()
+        if config.backbone != "resnet18":
+            raise SpecError(f"vision backbone {config.backbone!r} is not available; use resnet18")
+        self.augment = ImageAugment(crop_size(image_shape, config.crop), config.color_jitter)
+        self.backbone = resnet18_backbone(config.norm, config.pretrained)
+        if config.pooling == "spatial_softmax":
+            self.pool: nn.Module = SpatialSoftmax(512, config.num_keypoints)
+            pooled = 2 * config.num_keypoints
+        elif config.pooling == "avg":
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            pooled = 512
+        else:
+            raise SpecError(f"vision pooling {config.pooling!r} is not one of spatial_softmax, avg")
+        self.out = nn.Sequential(nn.Linear(pooled, config.feature_dim), nn.ReLU())
+        self.feature_dim = config.feature_dim
+
+    def forward(
+        self, x: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """(N, C, H, W) float in [0, 1] → (N, feature_dim); `normalize` is applied after augmenting."""
+        return self.out(self.pool(self.backbone(normalize(self.augment(x)))))
