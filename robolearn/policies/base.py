@@ -77,7 +77,14 @@ def config_from_dict(cls: type, values: Mapping[str, Any], where: str = "policy"
             continue
         hint = hints.get(name)
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = config_from_dict(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
+            # Fields not given keep this config's default for them (ACT's vision defaults
+            # differ from diffusion's), not the nested class's own defaults.
+            sub = config_from_dict(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
+            field = fields[name]
+            if field.default_factory is not dataclasses.MISSING:
+                given = {k: getattr(sub, k) for k in value if k != "_target_"}
+                sub = dataclasses.replace(field.default_factory(), **given)
+            value = sub
         elif isinstance(value, tuple):
             value = list(value)
         kwargs[name] = value

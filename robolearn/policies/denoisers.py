@@ -190,7 +190,7 @@ class TransformerDenoiser(nn.Module):
         # attention dropout is heavier than the residual one, as diffusion policy found best
         for attn in (layer.self_attn, layer.multihead_attn):
             attn.dropout = config.attn_dropout
-        self.decoder = nn.TransformerDecoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(layer, config.n_layers)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, action_dim)
         self.dropout = nn.Dropout(config.dropout)

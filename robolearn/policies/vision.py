@@ -136,7 +136,7 @@ class ImageAugment(nn.Module):
                     for img, f in zip(x, factors, strict=True)
                 ]
             )
-        return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 class ImageEncoder(nn.Module):

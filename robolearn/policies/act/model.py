@@ -49,11 +49,17 @@ class ACTConfig(PolicyConfig):
     dropout: float = 0.1
     use_vae: bool = True
     kl_weight: float = 10.0
+    # z at inference: "zero" (the prior's mean, as ACT does: deterministic, commits to the mode
+    # the decoder ties to z = 0) or "prior" (z ~ N(0, I): samples among the demonstrated styles
+    # when the latent carries them, which needs a kl_weight low enough that it is not ignored)
+    latent: str = "zero"
 
     def validate(self) -> None:
         super().validate()
         if self.n_obs_steps != 1:
             raise SpecError("ACT reads one observation (n_obs_steps: 1)")
+        if self.latent not in ("zero", "prior"):
+            raise SpecError(f"ACT latent {self.latent!r} is not 'zero' or 'prior'")
         if self.dim_model % self.n_heads:
             raise SpecError(
                 f"dim_model {self.dim_model} must be a multiple of n_heads {self.n_heads}"
@@ -115,21 +121,18 @@ class ACTPolicy(Policy):
         self.pos_1d = nn.Parameter(torch.zeros(1, n_1d, d))
         self.image_tokens = 0
         if self.image_keys:
-            shapes = {
-                policy_shape for policy_shape in (self.spec[k].shape for k in self.image_keys)
-            }
-            if len(shapes) > 1:
-                raise SpecError(
-                    f"ACT shares one backbone; cameras {self.image_keys} differ in shape"
-                )
-            shape = next(iter(shapes))
-            out_hw = crop_size(shape, config.vision.crop)
-            self.augment = ImageAugment(out_hw, config.vision.color_jitter)
+            # One backbone for every camera (as ACT); crops and positions are per camera.
             self.backbone = resnet18_backbone(config.vision.norm, config.vision.pretrained)
             self.image_proj = nn.Conv2d(512, d, 1)
-            fh, fw = math.ceil(out_hw[0] / 32), math.ceil(out_hw[1] / 32)
-            self.register_buffer("image_pos", sinusoid_2d(fh, fw, d)[None], persistent=False)
-            self.image_tokens = fh * fw * len(self.image_keys)
+            self.augment = nn.ModuleList()
+            for i, key in enumerate(self.image_keys):
+                out_hw = crop_size(self.spec[key].shape, config.vision.crop)
+                self.augment.append(ImageAugment(out_hw, config.vision.color_jitter))
+                fh, fw = math.ceil(out_hw[0] / 32), math.ceil(out_hw[1] / 32)
+                self.register_buffer(
+                    f"image_pos_{i}", sinusoid_2d(fh, fw, d)[None], persistent=False
+                )
+                self.image_tokens += fh * fw
         # --- transformer
         self.encoder = _encoder(config, config.n_encoder_layers)
         layer = nn.TransformerDecoderLayer(
@@ -156,11 +159,12 @@ class ACTPolicy(Policy):
         out = torch.cat(tokens, 1) + self.pos_1d
         if self.image_keys:
             images = []
-            for key in self.image_keys:
+            for i, key in enumerate(self.image_keys):
                 x = obs[key][:, -1].permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
-                x = self.normalizer.image(key, self.augment(x))
+                x = self.normalizer.image(key, self.augment[i](x))
                 feats = self.image_proj(self.backbone(x))  # (B, d, h, w)
-                images.append(feats.flatten(2).transpose(1, 2) + self.image_pos)
+                pos = getattr(self, f"image_pos_{i}")
+                images.append(feats.flatten(2).transpose(1, 2) + pos)
             out = torch.cat([out, *images], 1)
         return out
 
@@ -206,4 +210,6 @@ class ACTPolicy(Policy):
     def _predict(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         b = obs[self.obs_keys[0]].shape[0]
         z = torch.zeros(b, self.config.latent_dim, device=self.device)
+        if self.config.latent == "prior":
+            z.normal_()
         return self._decode(obs, z)

@@ -1,0 +1,195 @@
+"""The policy contract: training, prediction, save/load, spec checks and errors, for every policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from policy_helpers import CAMERA, POLICIES, build, small_config
+
+from robolearn.data.store import EpisodeStore
+from robolearn.errors import SpecError
+from robolearn.policies import Policy, config_from_dict, make_config, make_policy
+from robolearn.policies.act import ACTConfig
+from robolearn.policies.diffusion import DiffusionConfig
+from robolearn.spec import Feature, FeatureSpec
+from robolearn.testing.toy import obstacle_spec, start_observation, write_obstacle_store
+from robolearn.training import OptimConfig, fit
+
+# loss at the end of a short run on a tiny dataset, as a fraction of the first steps' loss
+OVERFIT = {"mlp": 0.05, "diffusion": 0.2, "diffusion_transformer": 0.3, "flow": 0.3, "act": 0.2}
+
+
+def _overfit(policy, store, steps, batch_size):
+    losses, _ = fit(
+        policy,
+        policy.dataset(store),
+        steps,
+        batch_size=batch_size,
+        config=OptimConfig(lr=1e-3, warmup_steps=20),
+    )
+    assert np.isfinite(losses).all()
+    return np.mean(losses[:10]), np.mean(losses[-20:])
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_overfits_a_tiny_dataset(name, tiny_store):
+    policy = build(name, tiny_store)
+    first, last = _overfit(policy, tiny_store, 300, 32)
+    assert last < OVERFIT[name] * first, f"{name}: loss {first:.3f} → {last:.3f}"
+
+
+@pytest.mark.parametrize("name", ["diffusion", "act"])
+def test_overfits_with_a_camera(name, camera_store):
+    """The image path (ResNet-18, augmentation, normalisation) learns too; fewer steps, it is slow."""
+    policy = build(name, camera_store)
+    first, last = _overfit(policy, camera_store, 150, 8)
+    assert last < 0.5 * first, f"{name}: loss {first:.3f} → {last:.3f}"
+    chunk = policy.predict_chunk(start_observation(policy.n_obs_steps, 3, CAMERA))
+    assert chunk.shape == (3, policy.horizon, 2)
+    assert torch.isfinite(chunk).all()
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_save_load_gives_identical_outputs(name, camera_store, tmp_path):
+    policy = build(name, camera_store)
+    policy.dataset(camera_store)  # the spec fits
+    fit(policy, policy.dataset(camera_store), 3, batch_size=4)
+    policy.save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert meta["spec"]["cam"]["shape"] == [*CAMERA, 3]
+    loaded = Policy.load(tmp_path / "p")
+    assert type(loaded) is type(policy)
+    obs = start_observation(policy.n_obs_steps, 2, CAMERA)
+    torch.manual_seed(3)
+    a = policy.predict_chunk(obs)
+    torch.manual_seed(3)
+    b = loaded.predict_chunk(obs)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for (ka, va), (kb, vb) in zip(
+        policy.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("name", ["diffusion", "act"])
+def test_seeded_cpu_training_is_deterministic(name, camera_store):
+    params = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        policy = build(name, camera_store)
+        fit(policy, policy.dataset(camera_store), 5, batch_size=4, seed=7)
+        params.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    assert torch.equal(params[0], params[1])
+
+
+def test_spec_mismatch_names_the_key(camera_store, tmp_path):
+    policy = build("diffusion", camera_store)
+    other = FeatureSpec(
+        {
+            "pos": Feature((3,), "float32", "state"),
+            "target": Feature((2,), "float32", "action"),
+            "cam": Feature((*CAMERA, 3), "uint8", "image"),
+        }
+    )
+    with pytest.raises(
+        SpecError, match=r"'pos' has shape \(3,\) in the robot but the policy expects \(2,\)"
+    ):
+        policy.check_spec(other, "the robot")
+    no_camera = obstacle_spec()
+    with pytest.raises(SpecError, match="expects 'cam', which the robot does not have"):
+        policy.check_spec(no_camera, "the robot")
+    # a dataset without the camera cannot train it either
+    write_obstacle_store(tmp_path / "nocam.zarr", 2)
+    with pytest.raises(SpecError, match="'cam'"):
+        policy.dataset(tmp_path / "nocam.zarr")
+
+
+def test_bad_observations_are_refused_with_the_expected_shape(camera_store):
+    policy = build("flow", camera_store)
+    obs = start_observation(2, 1, CAMERA)
+    with pytest.raises(
+        SpecError, match=r"'pos' has shape \(1, 2\); the policy expects \(B, 2, 2\)"
+    ):
+        policy.predict_chunk({**obs, "pos": obs["pos"][:, 0]})
+    with pytest.raises(SpecError, match="observation 'cam' is missing"):
+        policy.predict_chunk({"pos": obs["pos"]})
+    with pytest.raises(SpecError, match="'cam' has batch 1, others have 3"):
+        policy.predict_chunk({**obs, "pos": np.zeros((3, 2, 2), np.float32)})
+
+
+def test_nan_weights_are_caught_before_an_action_leaves(camera_store):
+    policy = build("mlp", camera_store)
+    with torch.no_grad():
+        policy.net[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        policy.predict_chunk(start_observation(2, 1, CAMERA))
+
+
+def test_unknown_config_keys_are_errors():
+    with pytest.raises(SpecError, match=r"unknown policy option\(s\) \['horizn'\]"):
+        config_from_dict(DiffusionConfig, {"horizn": 8})
+    with pytest.raises(SpecError, match=r"unknown policy.denoiser option\(s\) \['depth'\]"):
+        config_from_dict(DiffusionConfig, {"denoiser": {"depth": 3}})
+    with pytest.raises(SpecError, match="n_action_steps"):
+        make_policy(DiffusionConfig(n_action_steps=40), obstacle_spec())
+    with pytest.raises(SpecError, match="multiple of 4"):
+        make_policy(DiffusionConfig(horizon=10, n_action_steps=4), obstacle_spec())
+
+
+@pytest.mark.parametrize("name", ["diffusion", "flow", "act", "mlp"])
+def test_shipped_configs_build(name):
+    with open(f"configs/policy/{name}.yaml") as f:
+        config = make_config(yaml.safe_load(f))
+    assert type(config).__name__.lower().startswith(name)
+    if name == "act":  # nested defaults are ACT's own, not the generic vision ones
+        assert config.vision.norm == "batch" and config.vision.crop is None
+        assert isinstance(config, ACTConfig) and config.horizon == 100
+
+
+def test_policies_take_any_keys_and_sizes(tmp_path):
+    """Two cameras of different sizes, two state keys, two action keys; nothing hard-coded."""
+    spec = FeatureSpec(
+        {
+            "joints": Feature((6,), "float32", "state"),
+            "gripper": Feature((1,), "float32", "state"),
+            "wrist": Feature((24, 32, 3), "uint8", "image"),
+            "top": Feature((32, 32, 3), "uint8", "image"),
+            "arm": Feature((6,), "float32", "action"),
+            "grip": Feature((1,), "float32", "action"),
+        }
+    )
+    rng = np.random.default_rng(0)
+    store = EpisodeStore.create(tmp_path / "multi.zarr", spec, fps=10)
+    with store, store.writer() as writer:
+        for _ in range(2):
+            writer.start_episode()
+            for t in range(12):
+                writer.add_frame(
+                    {
+                        k: rng.integers(0, 255, f.shape, np.uint8)
+                        if f.kind == "image"
+                        else rng.normal(size=f.shape).astype(np.float32)
+                        for k, f in spec.items()
+                    },
+                    timestamp=t / 10,
+                )
+            writer.save()
+    for name in ("diffusion", "act"):
+        with EpisodeStore.open(tmp_path / "multi.zarr") as store:
+            policy = make_policy(small_config(name), store.spec, None)
+        losses, _ = fit(policy, policy.dataset(tmp_path / "multi.zarr"), 2, batch_size=4)
+        assert np.isfinite(losses).all()
+        obs = {
+            k: torch.zeros((1, policy.n_obs_steps, *spec[k].shape), dtype=torch.uint8)
+            if spec[k].kind == "image"
+            else torch.zeros((1, policy.n_obs_steps, *spec[k].shape))
+            for k in spec.observation_keys
+        }
+        chunk = policy.predict_chunk(obs)
+        assert chunk.shape == (1, policy.horizon, 7)
+        parts = policy.split_actions(chunk)
+        assert parts["arm"].shape == (1, policy.horizon, 6) and parts["grip"].shape[-1] == 1
