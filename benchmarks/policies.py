@@ -1,0 +1,307 @@
+"""Policy benchmark on ANCHORS.md's profile: parameters, training step time, predict_chunk latency.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/policies.py            # full run, about 10 minutes on 2 cores
+    .venv/bin/python benchmarks/policies.py --quick    # fewer calls, a smoke run
+
+Profile (../shared/ANCHORS.md): 14-dim state + one 96×96 RGB camera, 14-dim action, CPU,
+`torch.set_num_threads(2)`; latency at batch 1 after warm-up, p50 / p90 of ≥ 20 calls.
+ACT: ResNet-18, dim 512, 8 heads, FF 3200, 4 encoder / 1 decoder / 4 VAE layers, latent 32,
+chunk 100. Diffusion: ResNet-18 GroupNorm + spatial softmax (32 keypoints), crop 84×84,
+n_obs_steps 2, horizon 16, U-Net (256, 512, 1024) kernel 5 FiLM, DDIM 10 steps. Flow: the same
+networks, 5 Euler steps. Training steps are forward + backward + AdamW (+ EMA for the
+generative policies, as they train) on batches shaped like SequenceDataset's.
+
+The compute bound is estimated from counted FLOPs (torch.utils.flop_counter) at ~175 GFLOP/s,
+and the memory bound from the weights read per network call at ~32 GB/s (batch 1 inference
+reads every weight once per denoising step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from robolearn.bench import update_docs_section
+from robolearn.policies import Policy, PolicyConfig, make_policy
+from robolearn.policies.act import ACTConfig
+from robolearn.policies.denoisers import DenoiserConfig
+from robolearn.policies.diffusion import DiffusionConfig
+from robolearn.policies.flow import FlowConfig
+from robolearn.policies.mlp import MLPConfig
+from robolearn.policies.vision import VisionConfig
+from robolearn.spec import Feature, FeatureSpec
+from robolearn.training import OptimConfig, Optimizer
+
+ROOT = Path(__file__).resolve().parent.parent
+GFLOPS = 175.0
+GBPS = 32.0
+# LeRobot 0.6.1 on this machine class (ANCHORS.md)
+LEROBOT_INFER_MS = {"act": 34.0, "diffusion": 490.0}
+LEROBOT_TRAIN_S = {
+    ("act", "camera", 8): 1.13,
+    ("diffusion", "camera", 8): 0.60,
+    ("diffusion", "state", 64): 1.05,
+    ("diffusion", "state", 256): 2.9,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def spec(camera: bool) -> FeatureSpec:
+    features = {"state": Feature((14,), "float32", "state")}
+    if camera:
+        features["top"] = Feature((96, 96, 3), "uint8", "image")
+    features["action"] = Feature((14,), "float32", "action")
+    return FeatureSpec(features)
+
+
+DIFFUSION_VISION = VisionConfig(
+    norm="group", pooling="spatial_softmax", num_keypoints=32, crop=0.875
+)
+
+
+def configs() -> dict[str, PolicyConfig]:
+    return {
+        "act": ACTConfig(),
+        "diffusion": DiffusionConfig(vision=DIFFUSION_VISION),
+        "diffusion-transformer": DiffusionConfig(
+            vision=DIFFUSION_VISION, denoiser=DenoiserConfig(kind="transformer")
+        ),
+        "flow": FlowConfig(vision=DIFFUSION_VISION, num_inference_steps=5),
+        "mlp": MLPConfig(vision=DIFFUSION_VISION),
+    }
+
+
+def observation(policy: Policy, batch: int) -> dict[str, torch.Tensor]:
+    t = policy.n_obs_steps
+    obs = {"state": torch.randn(batch, t, 14)}
+    if "top" in policy.obs_keys:
+        obs["top"] = torch.randint(0, 256, (batch, t, 96, 96, 3), dtype=torch.uint8)
+    return obs
+
+
+def training_batch(policy: Policy, batch: int) -> dict[str, torch.Tensor]:
+    out = observation(policy, batch)
+    out["action"] = torch.randn(batch, policy.horizon, 14)
+    out["action_is_pad"] = torch.zeros(batch, policy.horizon, dtype=torch.bool)
+    return out
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    ms = np.asarray(times) * 1000
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "calls": len(ms),
+    }
+
+
+def network_calls(name: str, config: PolicyConfig) -> int:
+    return getattr(config, "num_inference_steps", 1) if name != "act" and name != "mlp" else 1
+
+
+def weight_bytes(policy: Policy, name: str) -> tuple[int, int]:
+    """Bytes of weights read once per call (encoder) and once per denoising step (denoiser)."""
+
+    def size(module: torch.nn.Module) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    if hasattr(policy, "denoiser"):
+        return size(policy) - size(policy.denoiser), size(policy.denoiser)
+    if name == "act":  # the VAE encoder is not used at inference
+        vae = sum(size(m) for n, m in policy.named_children() if n.startswith("vae_"))
+        return size(policy) - vae, 0
+    return size(policy), 0
+
+
+def bench_inference(name: str, policy: Policy, calls: int, dtype: torch.dtype) -> dict[str, Any]:
+    policy.eval()
+    obs = observation(policy, 1)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else _null()
+    with ctx:
+        for _ in range(3):
+            policy.predict_chunk(obs)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            policy.predict_chunk(obs)
+            times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def inference_flops(policy: Policy) -> float:
+    obs = observation(policy, 1)
+    policy.eval()
+    # predict_chunk runs in inference mode, which the FLOP counter's module hooks cannot follow;
+    # with autograd on they work, and the forward FLOPs are the same
+    with FlopCounterMode(display=False) as counter:
+        policy._predict(obs)
+    return float(counter.get_total_flops())
+
+
+def bench_training(policy: Policy, batch: int, steps: int, ema: bool) -> dict[str, Any]:
+    opt = Optimizer(policy, OptimConfig(ema=ema, warmup_steps=10), 1000)
+    data = training_batch(policy, batch)
+    for _ in range(2):
+        opt.step(data)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        opt.step(data)
+        times.append(time.perf_counter() - t0)
+    with FlopCounterMode(display=False) as counter:
+        policy.compute_loss(data)["loss"].backward()
+    s = np.asarray(times)
+    return {
+        "step_s": float(np.median(s)),
+        "samples_per_s": float(batch / np.median(s)),
+        "steps": steps,
+        "gflop_per_step": float(counter.get_total_flops()) / 1e9,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    calls = 5 if quick else 20
+    train_steps = 2 if quick else 5
+    results: dict[str, Any] = {"inference": {}, "training": {}, "parameters": {}}
+    for name, config in configs().items():
+        policy = make_policy(config, spec(camera=True))
+        results["parameters"][name] = sum(p.numel() for p in policy.parameters())
+        log(f"{name}: {results['parameters'][name] / 1e6:.1f} M parameters")
+        flops = inference_flops(policy)
+        enc_bytes, step_bytes = weight_bytes(policy, name)
+        steps = network_calls(name, config)
+        mem_bound_ms = (enc_bytes + steps * step_bytes) / (GBPS * 1e9) * 1000
+        row: dict[str, Any] = {
+            "steps": steps,
+            "gflop": flops / 1e9,
+            "compute_bound_ms": flops / (GFLOPS * 1e9) * 1000,
+            "memory_bound_ms": mem_bound_ms,
+        }
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            row[label] = bench_inference(name, policy, calls, dtype)
+            log(
+                f"  predict_chunk {label}: p50 {row[label]['p50_ms']:.1f} ms, p90 {row[label]['p90_ms']:.1f} ms"
+            )
+        results["inference"][name] = row
+        cases = [("camera", 8)] + (
+            [] if name.endswith("transformer") else [("state", 64), ("state", 256)]
+        )
+        for kind, batch in cases:
+            pol = policy if kind == "camera" else make_policy(config, spec(camera=False))
+            r = bench_training(pol, batch, train_steps, ema=name != "act" and name != "mlp")
+            results["training"][f"{name}|{kind}|{batch}"] = r
+            log(
+                f"  train {kind} batch {batch}: {r['step_s']:.3f} s/step ({r['samples_per_s']:.0f} samples/s)"
+            )
+    return results
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    meta = res["meta"]
+    lines = [
+        "## Policies",
+        "",
+        f"Command: `{command}` · {meta['date']} · {meta['cores']} cores, torch {meta['torch']} · "
+        f"{meta['threads']} threads. Profile: 14-dim state + one 96×96 camera, 14-dim action "
+        "(ANCHORS.md); batch-1 latency after warm-up.",
+        "",
+        "| policy | parameters | network calls | predict_chunk p50 / p90 (fp32) | bf16 autocast p50 | LeRobot | compute bound | weight-read bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in res["inference"].items():
+        lr = LEROBOT_INFER_MS.get(name.split("-")[0]) if name != "diffusion-transformer" else None
+        if name == "flow":
+            lr_text = f"{LEROBOT_INFER_MS['diffusion']:.0f} ms (its diffusion)"
+        else:
+            lr_text = f"{lr:.0f} ms" if lr else "—"
+        lines.append(
+            f"| {name} | {res['parameters'][name] / 1e6:.1f} M | {row['steps']} | "
+            f"{row['fp32']['p50_ms']:.1f} / {row['fp32']['p90_ms']:.1f} ms | {row['bf16']['p50_ms']:.1f} ms | "
+            f"{lr_text} | {row['compute_bound_ms']:.1f} ms ({row['gflop']:.2f} GFLOP) | {row['memory_bound_ms']:.1f} ms |"
+        )
+    lines += [
+        "",
+        "Training step (forward + backward + AdamW, + EMA for diffusion and flow), median:",
+        "",
+        "| policy | input | batch | s/step | samples/s | GFLOP/step | LeRobot s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in res["training"].items():
+        name, kind, batch = key.split("|")
+        lr = LEROBOT_TRAIN_S.get((name, kind, int(batch)))
+        lines.append(
+            f"| {name} | {kind} | {batch} | {r['step_s']:.3f} | {r['samples_per_s']:.0f} | "
+            f"{r['gflop_per_step']:.1f} | {f'{lr:.2f}' if lr else '—'} |"
+        )
+    inf = res["inference"]
+    targets = [
+        ("ACT ≤ 17 ms", inf["act"]["fp32"]["p50_ms"], 17.0),
+        ("diffusion (10 DDIM) ≤ 245 ms", inf["diffusion"]["fp32"]["p50_ms"], 245.0),
+        ("flow (5 steps) ≤ 122 ms", inf["flow"]["fp32"]["p50_ms"], 122.5),
+    ]
+    lines += [
+        "",
+        "Targets (fp32 p50): "
+        + "; ".join(
+            f"{label}: {v:.1f} ms ({'met' if v <= t else '**missed**'})" for label, v, t in targets
+        )
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args()
+    res = run(args.quick)
+    res["meta"] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "quick": args.quick,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "policies.json").write_text(json.dumps(res, indent=2) + "\n")
+    command = ".venv/bin/python benchmarks/policies.py" + (" --quick" if args.quick else "")
+    md = markdown(res, command)
+    print(md)
+    if not args.no_docs:
+        update_docs_section(args.docs, "policies", md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
