@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robolearn.errors import SpecError
@@ -53,8 +54,9 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        x = t.float()[:, None] * self.freqs[None, :]
-        return torch.cat([x.sin(), x.cos()], -1)
+        # computed in fp32 even when the network runs in bf16 (the phases need the precision)
+        x = t.float()[:, None] * self.freqs.float()[None, :]
+        return torch.cat([x.sin(), x.cos()], -1).to(self.freqs.dtype)
 
 
 def time_mlp(dim: int) -> nn.Sequential:
@@ -64,12 +66,56 @@ def time_mlp(dim: int) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------------- U-Net
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d whose CPU inference runs as one matrix product, optionally with bf16 weights.
+
+    At batch 1 a U-Net step mostly reads its weights (a few activations per channel), and
+    PyTorch sends such small 1-D convolutions to its slow (non-oneDNN) im2col path. With
+    `fast_dtype` set and autograd off, the convolution becomes unfold + one matmul on a cached
+    (C_out, k·C_in) weight copy: float32 gives the same result faster; bfloat16 (oneDNN, AMX
+    where the CPU has it) also halves the bytes read, at bf16 precision. Training, CUDA and
+    autograd use the normal convolution.
+    """
+
+    fast_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.fast_dtype is None
+            or torch.is_grad_enabled()
+            or self.training
+            or x.device.type != "cpu"  # cuDNN has no such slow path
+        ):
+            return super().forward(x)
+        key = (self.weight._version, self.weight.data_ptr(), self.fast_dtype)
+        if getattr(self, "_fast_key", None) != key:
+            w = self.weight.detach()  # (C_out, C_in, k) → (C_out, k·C_in), tap-major
+            self._fast_w = w.permute(0, 2, 1).reshape(w.shape[0], -1).to(self.fast_dtype)
+            self._fast_key = key
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        b, c, _ = x.shape
+        cols = F.pad(x, (p, p)).unfold(2, k, s)  # (B, C_in, L_out, k)
+        length = cols.shape[2]
+        cols = cols.permute(0, 2, 3, 1).reshape(b * length, k * c).to(self.fast_dtype)
+        y = F.linear(cols, self._fast_w).to(x.dtype)  # (B·L_out, C_out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(b, length, -1).transpose(1, 2)
+
+
+def set_fast_inference(module: nn.Module, dtype: torch.dtype | None) -> None:
+    """Run the U-Net's convolutions at inference with `dtype` weights (None: as trained)."""
+    for m in module.modules():
+        if isinstance(m, Conv1d):
+            m.fast_dtype = dtype
+
+
 class Conv1dBlock(nn.Sequential):
     """Conv1d → GroupNorm → Mish."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, groups: int) -> None:
         super().__init__(
-            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2),
+            Conv1d(c_in, c_out, kernel, padding=kernel // 2),
             nn.GroupNorm(groups, c_out),
             nn.Mish(),
         )
@@ -83,7 +129,7 @@ class FiLMResBlock(nn.Module):
         self.block1 = Conv1dBlock(c_in, c_out, kernel, groups)
         self.block2 = Conv1dBlock(c_out, c_out, kernel, groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
-        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.residual = Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.block1(x)  # (B, C, L)
@@ -117,7 +163,7 @@ class ConditionalUnet1D(nn.Module):
                     [
                         FiLMResBlock(c_in, c_out, cond_dim, k, g),
                         FiLMResBlock(c_out, c_out, cond_dim, k, g),
-                        nn.Conv1d(c_out, c_out, 3, 2, 1) if not last else nn.Identity(),
+                        Conv1d(c_out, c_out, 3, 2, 1) if not last else nn.Identity(),
                     ]
                 )
             )
@@ -138,7 +184,7 @@ class ConditionalUnet1D(nn.Module):
                 )
             )
         self.final = nn.Sequential(
-            Conv1dBlock(dims[1], dims[1], k, g), nn.Conv1d(dims[1], action_dim, 1)
+            Conv1dBlock(dims[1], dims[1], k, g), Conv1d(dims[1], action_dim, 1)
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:

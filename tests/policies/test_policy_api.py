@@ -193,3 +193,23 @@ def test_policies_take_any_keys_and_sizes(tmp_path):
         assert chunk.shape == (1, policy.horizon, 7)
         parts = policy.split_actions(chunk)
         assert parts["arm"].shape == (1, policy.horizon, 6) and parts["grip"].shape[-1] == 1
+
+
+def test_fast_cpu_inference_matches_the_convolution(camera_store):
+    """The U-Net's matmul inference path gives the convolution's result (bf16: to ~1 %)."""
+    from robolearn.policies.denoisers import set_fast_inference
+
+    policy = build("diffusion", camera_store).eval()
+    x = torch.randn(2, 16, 2)
+    t = torch.tensor([3, 70])
+    cond = torch.randn(2, 2, policy.obs_encoder.dim)
+    set_fast_inference(policy.denoiser, None)
+    with torch.inference_mode():
+        ref = policy.denoiser(x, t, cond)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        set_fast_inference(policy.denoiser, dtype)
+        with torch.inference_mode():
+            out = policy.denoiser(x, t, cond)
+        assert ((out - ref).norm() / ref.norm()).item() < tol
+    with pytest.raises(SpecError, match="inference_dtype"):
+        build("flow", camera_store, inference_dtype="int8")
