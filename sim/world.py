@@ -40,7 +40,13 @@ class SimWorld:
         self.dt = 1.0 / self.config.hz
         self.client.setTimeStep(self.dt)
         self.client.setGravity(0, 0, self.config.gravity)
-        self.client.setPhysicsEngineParameter(numSolverIterations=self.config.solver_iterations)
+        # Sorted contact pairs: otherwise the order Bullet solves contacts in (and so the last
+        # bits of every result) depends on which pairs came and went in earlier episodes, and an
+        # episode would not depend on its seed alone (the SO-101 pushing the T, two links on it
+        # at once, showed it).
+        self.client.setPhysicsEngineParameter(
+            numSolverIterations=self.config.solver_iterations, deterministicOverlappingPairs=1
+        )
         self.steps = 0
         # the renderer first: the EGL plugin only draws bodies loaded after it
         self.renderer = self._choose_renderer(self.config.renderer)
