@@ -60,6 +60,10 @@ class ArmModel:
     # of the inner face of a fixed jaw that a single moving jaw closes against.
     grasp_open: float = 1.0
     fixed_jaw: float | None = None
+    # For pushing experts: the shut jaws seen from above, low over the table, as the x and y
+    # ranges (m) they cover in the tool frame; None: about the tool centre (the experts' own
+    # allowance for the fingers' size).
+    push_footprint: tuple[tuple[float, float], tuple[float, float]] | None = None
     state_names: tuple[str, ...] = field(default=())
 
     @property
@@ -109,6 +113,9 @@ SO101 = ArmModel(
     hover=0.06,  # much higher and the tool can no longer point straight down
     grasp_open=0.5,  # 45° of the jaw's -10°…100°: enough for a 2.5 cm cube
     fixed_jaw=0.002,  # gripper_frame_link sits 2 mm off the fixed jaw's face
+    # measured with a probe sphere in slices 0-12 mm above the jaws' tips (the tips are 8 mm
+    # below the tool centre): the shut jaws lie to one side of the tool centre
+    push_footprint=((0.002, 0.013), (-0.0105, 0.011)),
 )
 
 

@@ -90,6 +90,9 @@ class WaypointExpert(Teleoperator):
         self.joint_space = False
         self._q: np.ndarray | None = None  # the last joint targets sent (joint_space)
         self._hold_yaw: float | None = None
+        # joint_space: keep the tool's orientation as it is instead of turning it down (while
+        # drawing back from something it presses on, where turning would swing the jaws into it)
+        self.keep_tilt = False
         limits = robot.spec[self.action_key].high
         self.max_step = float(limits[0]) * 0.9
         self.max_rot = float(limits[3]) * 0.9
@@ -133,9 +136,14 @@ class WaypointExpert(Teleoperator):
                 self._dwell = 0
         step = np.clip(step, -self.max_step, self.max_step)
         if self.joint_space:
-            q = self._solve(obs, pos + step, quat, wp.yaw)
+            q = self._solve(obs, self._hand_target(pos, step), quat, wp.yaw)
             return {self.joint_key: self._joint_action(q, wp.gripper)}
         return {self.action_key: np.array([*step, *rot, wp.gripper], dtype=np.float32)}
+
+    def _hand_target(self, pos: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Where to send the tool (joint_space), given the hand at `pos` and this tick's step:
+        one step ahead of the hand (a hook: pushing experts lead the hand further)."""
+        return pos + step
 
     def _solve(
         self, obs: Observation, pos: np.ndarray, quat: np.ndarray, yaw: float | None
@@ -153,7 +161,9 @@ class WaypointExpert(Teleoperator):
         want = quat_multiply(heading, np.array(model.tool_down))
         turn = quat_to_rotvec(quat_multiply(want, quat * np.array([-1.0, -1.0, -1.0, 1.0])))
         angle = float(np.linalg.norm(turn))
-        if angle > self.max_rot:
+        if self.keep_tilt:
+            turn = np.zeros(3)
+        elif angle > self.max_rot:
             turn *= self.max_rot / angle
         self._q = self.robot.arm.inverse_position_first(
             pos, quat_multiply(rotvec_to_quat(turn), quat), self._q
