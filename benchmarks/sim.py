@@ -15,8 +15,8 @@ Run from the repository root::
 2. Render frames per second of one camera at 96×96, 224×224 and 480×640, TinyRenderer against
    EGL, RGB alone and RGB with depth, on the Panda pick-and-place scene.
 3. Expert success over seeds 0..N-1 with `sim.rollout.run_expert`: every task of `sim.tasks.TASKS`
-   on the Panda, reach and pick_place on the SO-101. A task whose module does not import (yet) is
-   recorded as not available.
+   on the Panda; reach, push_cube, pick_place and push_t on the SO-101. A task whose module does
+   not import (yet) is recorded as not available.
 
 Results go to `<out-dir>/sim.json` and to the `sim` section of `docs/benchmarks.md`. A full run
 restricted with `--parts` or `--tasks` merges its rows into the existing `sim.json` (each row
@@ -68,7 +68,7 @@ DOCS_END = "<!-- sim:end -->"
 PARTS = ("control", "render", "experts")
 RENDERERS = ("tiny", "egl")
 RESOLUTIONS = ((96, 96), (224, 224), (480, 640))  # height × width
-SO101_TASKS = ("reach", "pick_place")
+SO101_TASKS = ("reach", "push_cube", "pick_place", "push_t")
 RENDER_TASK = "pick_place"
 
 # PyBullet on this machine class, Panda + cube (shared/ANCHORS.md).
