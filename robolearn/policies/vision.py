@@ -61,7 +61,10 @@ def resnet18_backbone(
                 k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k
             }
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes that do not match
+            raise SpecError(f"{path} is not a torchvision resnet18 state_dict: {e}") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise SpecError(

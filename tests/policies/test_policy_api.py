@@ -213,3 +213,89 @@ def test_fast_cpu_inference_matches_the_convolution(camera_store):
         assert ((out - ref).norm() / ref.norm()).item() < tol
     with pytest.raises(SpecError, match="inference_dtype"):
         build("flow", camera_store, inference_dtype="int8")
+
+
+def test_pretrained_backbone_loads_only_from_a_named_local_file(tmp_path):
+    import torchvision
+
+    from robolearn.policies.vision import resnet18_backbone
+
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    for norm in ("batch", "group"):
+        backbone = resnet18_backbone(norm, tmp_path / "resnet18.pth")
+        # the first convolution and the last block's weights are the file's
+        torch.testing.assert_close(backbone[0].weight, reference.conv1.weight)
+        torch.testing.assert_close(backbone[7][1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        resnet18_backbone("group", tmp_path / "missing.pth")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(SpecError, match="not a torchvision resnet18"):
+        resnet18_backbone("batch", tmp_path / "other.pth")
+
+
+def test_augmentation_crops_randomly_when_training_and_centrally_at_inference():
+    from robolearn.policies.vision import ImageAugment
+
+    aug = ImageAugment((24, 24), color_jitter=0.3)
+    x = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).expand(16, 3, 32, 32)
+    x = x / x.max()
+    aug.train()
+    crops = aug(x)
+    assert crops.shape == (16, 3, 24, 24)
+    corners = {round(float(c[0, 0, 0]) * (32 * 32 - 1)) for c in crops}
+    assert len(corners) > 4  # each sample its own crop (and jitter)
+    aug.eval()
+    centre = aug(x)
+    assert torch.equal(centre, x[:, :, 4:28, 4:28])
+
+
+def test_spatial_softmax_finds_a_bright_spot():
+    from robolearn.policies.vision import SpatialSoftmax
+
+    pool = SpatialSoftmax(1, 1)
+    with torch.no_grad():
+        pool.proj.weight.fill_(50.0)
+        pool.proj.bias.zero_()
+    feats = torch.zeros(1, 1, 5, 9)
+    feats[0, 0, 4, 0] = 1.0  # bottom-left corner
+    xy = pool(feats)
+    torch.testing.assert_close(xy, torch.tensor([[-1.0, 1.0]]), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "steps"),
+    [
+        ({"sampler": "dpmsolver"}, 5),
+        ({"prediction_type": "sample"}, 10),
+        ({"sampler": "ddpm"}, 100),
+    ],
+)
+def test_diffusion_samplers_and_prediction_types(overrides, steps, tiny_store):
+    policy = build("diffusion", tiny_store, num_inference_steps=steps, **overrides)
+    losses, _ = fit(policy, policy.dataset(tiny_store), 60, batch_size=16)
+    assert losses[-1] < losses[0]
+    chunk = policy.predict_chunk(start_observation(2, 2))
+    assert chunk.shape == (2, 16, 2) and torch.isfinite(chunk).all()
+
+
+def test_flow_midpoint_integrator(tiny_store):
+    policy = build("flow", tiny_store, integrator="midpoint", num_inference_steps=3)
+    fit(policy, policy.dataset(tiny_store), 5, batch_size=8)
+    assert policy.predict_chunk(start_observation(2, 1)).shape == (1, 16, 2)
+
+
+def test_ema_weights_are_what_fit_leaves_in_the_policy(tiny_store):
+    from robolearn.training import Optimizer
+
+    policy = build("mlp", tiny_store)
+    data = policy.dataset(tiny_store)
+    opt = Optimizer(policy, OptimConfig(lr=1e-2, warmup_steps=1), 10)
+    for _ in range(10):
+        opt.step(data.get_batch(np.arange(8)))
+    live = [p.detach().clone() for p in policy.parameters()]
+    with opt.ema.applied():
+        averaged = [p.detach().clone() for p in policy.parameters()]
+    restored = list(policy.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(live, averaged, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(live, restored, strict=True))
