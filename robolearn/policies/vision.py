@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
@@ -35,6 +36,50 @@ class VisionConfig:
     shared: bool = False  # one backbone for every camera, or one per camera
     crop: float | None = 0.9  # crop side as a fraction of the frame (random when training)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength when training; 0 = off
+
+
+class MatmulConv2d(nn.Conv2d):
+    """nn.Conv2d whose small CPU inference convolutions run as unfold + one matmul.
+
+    On deep, small feature maps at batch 1 (ResNet's layer3/4 on a 96×96 frame) PyTorch picks
+    its slow convolution path, which also re-lays out the weights on every call (a 9 MB copy
+    for a 512×512×3×3 kernel). Here the weight matrix is cached and the convolution is one
+    matrix product. Training, autograd, CUDA and large inputs use the normal convolution.
+    """
+
+    SMALL = 12288  # input elements (per sample) up to which one matmul beats the convolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_grad_enabled()
+            or self.training
+            or x.device.type != "cpu"
+            or x[0].numel() > self.SMALL
+            or self.groups != 1
+            or not isinstance(self.padding, tuple)
+        ):
+            return super().forward(x)
+        key = (self.weight._version, self.weight.data_ptr())
+        if getattr(self, "_mm_key", None) != key:
+            self._mm_w = self.weight.detach().reshape(self.weight.shape[0], -1).t().contiguous()
+            self._mm_key = key
+        b, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        y = cols.transpose(1, 2) @ self._mm_w  # (B, L, C_out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.transpose(1, 2).reshape(b, -1, oh, ow)
+
+
+def use_matmul_convs(module: nn.Module) -> nn.Module:
+    """Switch every plain nn.Conv2d in `module` to MatmulConv2d (same weights, same state_dict)."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = MatmulConv2d
+    return module
 
 
 def resnet18_backbone(
@@ -72,7 +117,7 @@ def resnet18_backbone(
                 f"unexpected {unexpected[:4]}"
             )
         log.info("loaded ResNet-18 weights from %s", path)
-    return nn.Sequential(*list(net.children())[:-2])
+    return use_matmul_convs(nn.Sequential(*list(net.children())[:-2]))
 
 
 class SpatialSoftmax(nn.Module):

@@ -299,3 +299,17 @@ def test_ema_weights_are_what_fit_leaves_in_the_policy(tiny_store):
     restored = list(policy.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(live, averaged, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(live, restored, strict=True))
+
+
+def test_matmul_convolutions_give_the_convolution_result():
+    from robolearn.policies.vision import MatmulConv2d, resnet18_backbone
+
+    torch.manual_seed(0)
+    net = resnet18_backbone("batch").eval()
+    assert sum(isinstance(m, MatmulConv2d) for m in net.modules()) == 20
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        fast = net(x)  # layer3/4 take the matmul path
+    with torch.enable_grad():
+        ref = net(x)  # autograd on: the plain convolution
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

@@ -20,7 +20,13 @@ from torch import nn
 from robolearn.data.stats import KeyStats
 from robolearn.errors import SpecError
 from robolearn.policies.base import Policy, PolicyConfig, masked_mean
-from robolearn.policies.vision import ImageAugment, VisionConfig, crop_size, resnet18_backbone
+from robolearn.policies.vision import (
+    ImageAugment,
+    VisionConfig,
+    crop_size,
+    resnet18_backbone,
+    use_matmul_convs,
+)
 from robolearn.spec import FeatureSpec
 
 
@@ -123,7 +129,7 @@ class ACTPolicy(Policy):
         if self.image_keys:
             # One backbone for every camera (as ACT); crops and positions are per camera.
             self.backbone = resnet18_backbone(config.vision.norm, config.vision.pretrained)
-            self.image_proj = nn.Conv2d(512, d, 1)
+            self.image_proj = use_matmul_convs(nn.Conv2d(512, d, 1))
             self.augment = nn.ModuleList()
             for i, key in enumerate(self.image_keys):
                 out_hw = crop_size(self.spec[key].shape, config.vision.crop)
