@@ -21,3 +21,5 @@ format:
 bench:
 	$(UV) run --locked python benchmarks/data_io.py
 	$(UV) run --locked python benchmarks/sim.py
+	$(UV) run --locked python benchmarks/control_loop.py
+	$(UV) run --locked python benchmarks/policies.py
