@@ -4,6 +4,11 @@ The caller's thread only validates and copies a frame and puts it on a bounded q
 control loop never waits for compression or disk. The writer thread keeps one chunk (or shard)
 per key in memory and writes each one once it is full, so memory stays flat however long an
 episode runs. `save()` flushes the partial chunks and commits the episode; `discard()` drops it.
+
+`ProcessEpisodeWriter` (robolearn.data.procwriter) has the same API and does the same disk work
+in a child process instead of a thread, so compression and zarr never hold the caller's GIL or
+share its threads' time slices; the recorder uses it. Both front ends share `_WriterBase` (the
+caller-side checks and the episode bookkeeping) and `_DiskWriter` (the chunk buffers and commits).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -79,26 +84,58 @@ class _KeyBuffer:
             self.arr.resize((length, *self.arr.shape[1:]))
 
 
+class _DiskWriter:
+    """The disk half of a writer: one chunk buffer per array, frame appends and episode commits.
+
+    Runs on the writer thread (EpisodeWriter) or in the writer process (ProcessEpisodeWriter).
+    """
+
+    def __init__(self, store: EpisodeStore) -> None:
+        self.store = store
+        self.spec = store.spec
+        self.buffers: dict[str, _KeyBuffer] = {"timestamp": _KeyBuffer(store, "timestamp")}
+        for key, feature in self.spec.items():
+            self.buffers[key] = _KeyBuffer(store, key)
+            if feature.kind != "action":
+                self.buffers[f"time/{key}"] = _KeyBuffer(store, key, time_array=True)
+        for buf in self.buffers.values():
+            buf.load_tail(store.num_frames)
+
+    def frame(
+        self, values: Mapping[str, np.ndarray], rel: float, times: Mapping[str, float]
+    ) -> None:
+        self.buffers["timestamp"].append(np.float64(rel))
+        for key, value in values.items():
+            self.buffers[key].append(value)
+            tb = self.buffers.get(f"time/{key}")
+            if tb is not None:
+                tb.append(np.float64(times.get(key, rel)))
+
+    def save(self, start_time: float, success: bool | None, info: dict[str, Any]) -> EpisodeInfo:
+        for buf in self.buffers.values():
+            buf.flush()
+        end = self.buffers["timestamp"].base + self.buffers["timestamp"].n
+        return self.store._commit_episode(end, start_time, success, info)
+
+    def discard(self) -> None:
+        committed = self.store.num_frames
+        for buf in self.buffers.values():
+            buf.truncate(committed)
+            buf.load_tail(committed)
+
+
 _STOP = object()
 
 
-class EpisodeWriter:
-    """Appends episodes to an `EpisodeStore` opened with mode 'a'.
+class _WriterBase:
+    """What every writer does on the caller's side: the episode flow, frame checks, timing.
 
-    Use::
-
-        with store.writer() as writer:
-            writer.start_episode(task="pick the cube")
-            for ...:
-                writer.add_frame({"state": s, "action": a, "cam": img}, timestamp=t)
-            writer.save(success=True)
-
-    `timestamp` is the frame's measured time in seconds on any monotonic clock (default: when
-    `add_frame` is called); `capture_times` gives observation keys their own capture time (a
-    camera frame taken before the tick). Both are stored relative to the episode's first frame.
-    `max_queue_bytes` bounds the memory of frames waiting for the disk; past it `add_frame`
-    waits, and the wait is counted in `stats`.
+    A subclass moves checked frames to its disk half (`_put`), runs `save` / `discard` there
+    (`_call`), reports a failure of that half by setting `_error`, and stops it (`_shutdown`).
+    `_copy_images = False` hands `_put` the caller's own image arrays (checked, not copied).
     """
+
+    _copy_images = True
 
     def __init__(self, store: EpisodeStore, *, max_queue_bytes: int = 512 << 20) -> None:
         store._require_writable()
@@ -106,9 +143,6 @@ class EpisodeWriter:
         self.spec = store.spec
         self.stats = WriterStats()
         self._max_queue_bytes = int(max_queue_bytes)
-        self._queued_bytes = 0
-        self._cond = threading.Condition()
-        self._queue: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
         self._in_episode = False
@@ -116,20 +150,9 @@ class EpisodeWriter:
         self._last_rel = 0.0
         self._episode_frames = 0
         self._episode_meta: dict[str, Any] = {}
-        self._buffers: dict[str, _KeyBuffer] = {"timestamp": _KeyBuffer(store, "timestamp")}
-        for key, feature in self.spec.items():
-            self._buffers[key] = _KeyBuffer(store, key)
-            if feature.kind != "action":
-                self._buffers[f"time/{key}"] = _KeyBuffer(store, key, time_array=True)
         self._frame_bytes = sum(
             int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize for f in self.spec.values()
         )
-        for buf in self._buffers.values():
-            buf.load_tail(store.num_frames)
-        self._thread = threading.Thread(
-            target=self._run, name="robolearn-episode-writer", daemon=True
-        )
-        self._thread.start()
 
     # ------------------------------------------------------------------ caller side
     @property
@@ -196,8 +219,7 @@ class EpisodeWriter:
                 "previous frame); pass timestamps from a monotonic clock"
             )
         self._last_rel = rel
-        self._reserve(self._frame_bytes)
-        self._queue.put(("frame", values, rel, times))
+        self._put(values, rel, times)
         self._episode_frames += 1
         self.stats.frames += 1
 
@@ -227,7 +249,7 @@ class EpisodeWriter:
         self.stats.episodes_discarded += 1
 
     def close(self) -> None:
-        """Discard any episode in flight and stop the writer thread."""
+        """Discard any episode in flight and stop the disk half (thread or process)."""
         if self._closed:
             return
         try:
@@ -235,10 +257,9 @@ class EpisodeWriter:
                 self.discard()
         finally:
             self._closed = True
-            self._queue.put(_STOP)
-            self._thread.join(timeout=60)
+            self._shutdown()
 
-    def __enter__(self) -> EpisodeWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -254,6 +275,14 @@ class EpisodeWriter:
             raise WriterError("the episode writer is closed")
 
     def _validate(self, frame: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        self._check_keys(frame)
+        copy = self._copy_images
+        return {
+            key: _coerce(key, feature, frame[key], copy_image=copy)
+            for key, feature in self.spec.items()
+        }
+
+    def _check_keys(self, frame: Mapping[str, Any]) -> None:
         if not isinstance(frame, Mapping):
             raise FrameError(f"a frame is a mapping key → array, got {type(frame).__name__}")
         unknown = [k for k in frame if k not in self.spec]
@@ -266,7 +295,57 @@ class EpisodeWriter:
             raise FrameError(
                 f"frame is missing {missing}; every frame carries every key of the spec"
             )
-        return {key: _coerce(key, feature, frame[key]) for key, feature in self.spec.items()}
+
+    # ------------------------------------------------------------------ the disk half
+    def _put(self, values: dict[str, np.ndarray], rel: float, times: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def _call(self, op: str, arg: Any) -> Any:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+
+class EpisodeWriter(_WriterBase):
+    """Appends episodes to an `EpisodeStore` opened with mode 'a'.
+
+    Use::
+
+        with store.writer() as writer:
+            writer.start_episode(task="pick the cube")
+            for ...:
+                writer.add_frame({"state": s, "action": a, "cam": img}, timestamp=t)
+            writer.save(success=True)
+
+    `timestamp` is the frame's measured time in seconds on any monotonic clock (default: when
+    `add_frame` is called); `capture_times` gives observation keys their own capture time (a
+    camera frame taken before the tick). Both are stored relative to the episode's first frame.
+    `max_queue_bytes` bounds the memory of frames waiting for the disk; past it `add_frame`
+    waits, and the wait is counted in `stats`.
+
+    The disk work runs on a thread of this process. `ProcessEpisodeWriter` runs it in a child
+    process (same API, same guarantees), which keeps it off the caller's GIL.
+    """
+
+    def __init__(self, store: EpisodeStore, *, max_queue_bytes: int = 512 << 20) -> None:
+        super().__init__(store, max_queue_bytes=max_queue_bytes)
+        self._queued_bytes = 0
+        self._cond = threading.Condition()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._disk = _DiskWriter(store)
+        self._thread = threading.Thread(
+            target=self._run, name="robolearn-episode-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, values: dict[str, np.ndarray], rel: float, times: dict[str, float]) -> None:
+        self._reserve(self._frame_bytes)
+        self._queue.put(("frame", values, rel, times))
+
+    def _shutdown(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=60)
 
     def _reserve(self, nbytes: int) -> None:
         with self._cond:
@@ -321,33 +400,24 @@ class EpisodeWriter:
         if op == "frame":
             _, values, rel, times = item
             try:
-                self._buffers["timestamp"].append(np.float64(rel))
-                for key, value in values.items():
-                    self._buffers[key].append(value)
-                    tb = self._buffers.get(f"time/{key}")
-                    if tb is not None:
-                        tb.append(np.float64(times.get(key, rel)))
+                self._disk.frame(values, rel, times)
             finally:
                 with self._cond:
                     self._queued_bytes -= self._frame_bytes
                     self._cond.notify_all()
         elif op == "save":
-            start_time, success, info = item[1]
-            for buf in self._buffers.values():
-                buf.flush()
-            end = self._buffers["timestamp"].base + self._buffers["timestamp"].n
-            item[3]["result"] = self.store._commit_episode(end, start_time, success, info)
+            item[3]["result"] = self._disk.save(*item[1])
         elif op == "discard":
-            committed = self.store.num_frames
-            for buf in self._buffers.values():
-                buf.truncate(committed)
-                buf.load_tail(committed)
+            self._disk.discard()
         else:  # pragma: no cover - internal protocol
             raise WriterError(f"unknown writer operation {op!r}")
 
 
-def _coerce(key: str, feature: Feature, value: Any) -> np.ndarray:
-    """Check one value against its feature and return an owned copy in the feature's dtype."""
+def _coerce(key: str, feature: Feature, value: Any, *, copy_image: bool = True) -> np.ndarray:
+    """Check one value against its feature and return an owned copy in the feature's dtype.
+
+    `copy_image=False` returns a checked image as given (its caller copies it elsewhere).
+    """
     arr = np.asarray(value)
     if arr.shape != feature.shape:
         if arr.size == feature.size and arr.ndim <= 1 and len(feature.shape) == 1:
@@ -358,12 +428,8 @@ def _coerce(key: str, feature: Feature, value: Any) -> np.ndarray:
             )
     target = np.dtype(feature.dtype)
     if feature.kind == "image":
-        if arr.dtype != np.uint8:
-            raise FrameError(
-                f"image {key!r} is {arr.dtype}; images are stored as uint8 0..255 "
-                "(convert with (x * 255).round().astype(np.uint8))"
-            )
-        return np.array(arr, copy=True)
+        _check_image(key, arr)
+        return np.array(arr, copy=True) if copy_image else arr
     if arr.dtype.kind not in "biuf":
         raise FrameError(f"{feature.kind} {key!r} has non-numeric dtype {arr.dtype}")
     if target.kind in "iub" and arr.dtype.kind == "f":
@@ -380,3 +446,11 @@ def _coerce(key: str, feature: Feature, value: Any) -> np.ndarray:
     if target.kind == "f" and not np.isfinite(out).all():
         raise FrameError(f"{feature.kind} {key!r} overflows {target}")
     return out
+
+
+def _check_image(key: str, arr: np.ndarray) -> None:
+    if arr.dtype != np.uint8:
+        raise FrameError(
+            f"image {key!r} is {arr.dtype}; images are stored as uint8 0..255 "
+            "(convert with (x * 255).round().astype(np.uint8))"
+        )

@@ -1,7 +1,8 @@
 """A writer process for the crash test: appends deterministic episodes until it is killed.
 
 Episode k's contents and length depend only on k, so the test can rebuild what every committed
-episode must hold, byte for byte, without the writer telling it anything.
+episode must hold, byte for byte, without the writer telling it anything. With `process` as
+second argument the writer is a ProcessEpisodeWriter, and "ready" also names its process id.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 
 from robolearn.data.codecs import ImageCodec
+from robolearn.data.procwriter import ProcessEpisodeWriter
 from robolearn.data.store import EpisodeStore
 from robolearn.spec import Feature, FeatureSpec
 
@@ -42,10 +44,11 @@ def episode_content(k: int) -> dict[str, np.ndarray]:
     }
 
 
-def main(path: str) -> None:
+def main(path: str, mode: str = "thread") -> None:
     store = EpisodeStore.open(path, "a")
-    print(f"ready {store.num_episodes}", flush=True)
-    with store.writer() as writer:
+    writer = ProcessEpisodeWriter(store) if mode == "process" else store.writer()
+    print(f"ready {store.num_episodes} {getattr(writer, 'pid', '')}", flush=True)
+    with writer:
         k = store.num_episodes
         while True:
             content = episode_content(k)
@@ -59,4 +62,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

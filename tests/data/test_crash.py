@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from robolearn.data.procwriter import process_writer_supported
 from robolearn.data.store import EpisodeStore
 from robolearn.data.tools import verify_store
+from robolearn.errors import StoreError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from crash_writer import CODECS, FPS, SPEC, episode_content
 
 CHILD = Path(__file__).with_name("crash_writer.py")
 KILLS = 36
+PROCESS_KILLS = 16
 
 
 def check_committed(path: Path, verified: dict[int, int]) -> int:
@@ -87,6 +90,77 @@ def test_sigkill_at_random_moments_never_harms_committed_episodes(tmp_path: Path
             )
         writer.save(success=bool(store.num_episodes % 2))
     assert check_committed(path, verified) == counts[-1] + 1
+    report = verify_store(path)
+    assert report.ok, report.problems
+    assert not list(path.rglob("*.partial"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()  # unreaped orphan
+    except FileNotFoundError:
+        return True
+
+
+def _open_when_free(path: Path, timeout: float = 30.0) -> EpisodeStore:
+    """Open for appending once no (orphaned) writer process holds the store any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return EpisodeStore.open(path, "a")
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not process_writer_supported(), reason="needs Linux")
+def test_process_writer_sigkill_of_either_process_never_harms_committed_episodes(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the recording process or its writer process at random moments."""
+    path = tmp_path / "crash.zarr"
+    EpisodeStore.create(path, SPEC, FPS, codecs=CODECS).close()
+    rng = np.random.default_rng(11)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHILD.parent), *sys.path])}
+    verified: dict[int, int] = {}
+    counts = []
+    cut_reports = 0
+    for kill in range(PROCESS_KILLS):
+        parent = subprocess.Popen(
+            [sys.executable, str(CHILD), str(path), "process"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        line = parent.stdout.readline()
+        assert line.startswith("ready"), parent.stderr.read()
+        writer = int(line.split()[2])
+        time.sleep(rng.uniform(0.0, 0.8))
+        if kill % 2:  # the writer process: the recording process must say so and stop
+            os.kill(writer, signal.SIGKILL)
+            parent.wait(timeout=60)
+            err = parent.stderr.read()
+            assert parent.returncode == 1 and "killed by SIGKILL" in err, err
+        else:  # the recording process: its writer process must notice, drop the episode, exit
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(timeout=30)
+            assert parent.returncode == -signal.SIGKILL
+            deadline = time.monotonic() + 30
+            while not _gone(writer):
+                assert time.monotonic() < deadline, "the orphaned writer process did not exit"
+                time.sleep(0.02)
+        with _open_when_free(path) as store:  # repairs what a killed writer process left
+            cut_reports += bool(store.recovery.cut_frames)
+        n = check_committed(path, verified)
+        assert not counts or n >= counts[-1], "a committed episode disappeared"
+        counts.append(n)
+    # killed writer processes leave their episode's frames for the next open to cut (a killed
+    # recording process's writer drops them itself)
+    assert cut_reports >= PROCESS_KILLS // 4, f"only {cut_reports} kills caught an episode"
+    assert counts[-1] >= PROCESS_KILLS // 2
     report = verify_store(path)
     assert report.ok, report.problems
     assert not list(path.rglob("*.partial"))
