@@ -11,13 +11,25 @@ runner) and the sinks (an episode writer, a live display) differ. Timing is neve
   episode's metadata. What happens next is `overrun="skip"` (drop the deadlines already missed and
   keep the phase: the robot gets fewer, correctly timed ticks; missed ticks are counted as dropped)
   or `overrun="catch_up"` (run the missed ticks at once, back to back, to keep the tick count).
+
+While it runs, the loop's thread asks the kernel for a short scheduler time slice
+(`latency_slice`, 0.1 ms by default; Linux ≥ 6.12 EEVDF, no privilege needed; a no-op
+elsewhere). Its share of the CPU stays the same, but a thread with a short slice gets an earlier
+virtual deadline and preempts a busy CPU when it wakes for its deadline instead of queueing
+behind whatever runs there: measured on a loaded 2-core VM, p99 period error of the loop alone
+at 100 Hz fell from 1.7-2.5 ms to 0.07-0.14 ms (benchmarks/control_loop.py notes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import platform
+import struct
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -114,13 +126,72 @@ def _round(x: float) -> float | None:
     return None if not math.isfinite(x) else round(x, 4)
 
 
+# sched_setattr / sched_getattr: (set, get) syscall numbers per machine.
+_SCHED_SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
+_SCHED_ATTR = struct.Struct("=IIQiIQQQII")  # struct sched_attr, version 1 (56 bytes)
+_SCHED_FAIR = (0, 3)  # SCHED_OTHER, SCHED_BATCH: the policies whose slice can be set
+
+
+def _sched_attr(tid: int = 0) -> tuple[int, ...] | None:
+    """This thread's struct sched_attr, or None where the kernel or machine has no such call."""
+    nums = _SCHED_SYSCALLS.get(platform.machine())
+    if nums is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(_SCHED_ATTR.size)
+        if libc.syscall(nums[1], tid, buf, _SCHED_ATTR.size, 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return _SCHED_ATTR.unpack(buf.raw)
+
+
+def _set_slice(ns: int) -> bool:
+    """Set the calling thread's fair-scheduler slice request (0: the kernel's default)."""
+    attr = _sched_attr()
+    if attr is None or attr[1] not in _SCHED_FAIR:
+        return False
+    _, policy, _, nice, _, _, _, _, _, _ = attr
+    raw = _SCHED_ATTR.pack(_SCHED_ATTR.size, policy, 0, nice, 0, int(ns), 0, 0, 0, 0)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        nums = _SCHED_SYSCALLS[platform.machine()]
+        return libc.syscall(nums[0], 0, ctypes.create_string_buffer(raw, len(raw)), 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def thread_slice() -> float | None:
+    """The calling thread's scheduler slice in seconds (None where it cannot be read)."""
+    attr = _sched_attr()
+    return None if attr is None else attr[5] / 1e9
+
+
+@contextlib.contextmanager
+def latency_slice(seconds: float | None) -> Iterator[bool]:
+    """Run the block with a short scheduler slice for this thread; yields whether it was set.
+
+    The kernel (Linux ≥ 6.12) clamps the request to 0.1..100 ms; older kernels accept and ignore
+    it; other systems, real-time policies and refusals leave the thread as it was.
+    """
+    changed = seconds is not None and seconds > 0 and _set_slice(round(seconds * 1e9))
+    try:
+        yield changed
+    finally:
+        if changed:
+            _set_slice(0)
+
+
 class ControlLoop:
     """Runs `robot` at `rate_hz` with actions from `source`, handing every tick to `sinks`.
 
     The loop owns timing; devices never sleep. `run()` goes until `max_ticks`, `duration` (robot
     clock seconds) or `stop()` returns true, whichever comes first, and returns the run's
     `LoopStats`. `stop` is called between ticks, so a key press or a signal handler that sets a
-    flag ends the run at a tick boundary, never half-way through one.
+    flag ends the run at a tick boundary, never half-way through one. `latency_slice` (seconds,
+    None to leave the thread alone) is the scheduler slice the loop's thread asks for while it
+    runs (module docstring).
     """
 
     def __init__(
@@ -133,6 +204,7 @@ class ControlLoop:
         clock: Clock | None = None,
         overrun: str = "skip",
         on_overrun: Callable[[int, float], None] | None = None,
+        latency_slice: float | None = 1e-4,
     ) -> None:
         if not (isinstance(rate_hz, int | float) and math.isfinite(rate_hz) and rate_hz > 0):
             raise LoopError(f"rate_hz must be a positive number, got {rate_hz!r}")
@@ -150,6 +222,7 @@ class ControlLoop:
         self.clock = clock or robot.clock
         self.overrun = overrun
         self.on_overrun = on_overrun
+        self.latency_slice = latency_slice
 
     def run(
         self,
@@ -159,7 +232,16 @@ class ControlLoop:
         stop: Callable[[], bool] | None = None,
         stats: LoopStats | None = None,
     ) -> LoopStats:
-        stats = stats or LoopStats(self.rate_hz)
+        with latency_slice(self.latency_slice):
+            return self._run(max_ticks, duration, stop, stats or LoopStats(self.rate_hz))
+
+    def _run(
+        self,
+        max_ticks: int | None,
+        duration: float | None,
+        stop: Callable[[], bool] | None,
+        stats: LoopStats,
+    ) -> LoopStats:
         clock = self.clock
         t0 = clock.now()
         stats.started = t0

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from robolearn.loop import ControlLoop, LoopError, Tick
+from robolearn.loop import ControlLoop, LoopError, Tick, latency_slice, thread_slice
+from robolearn.testing.synthetic import Sine, SyntheticRobot
 from sim.robot import PyBulletRobot
 
 
@@ -88,3 +89,26 @@ def test_bad_loop_settings_are_refused_with_the_reason() -> None:
             ControlLoop(robot, Still(), 10, overrun="drop")
         with pytest.raises(LoopError, match="read"):
             ControlLoop(robot, object(), 10)  # type: ignore[arg-type]
+
+
+def test_the_loop_thread_asks_for_a_short_scheduler_slice_while_it_runs() -> None:
+    with latency_slice(1e-4):
+        expected = thread_slice()  # 0.1 ms on Linux ≥ 6.12; elsewhere what the kernel reports
+    before = thread_slice()
+    seen: list[float | None] = []
+    left_alone: list[float | None] = []
+    with SyntheticRobot() as robot:
+        ControlLoop(robot, Sine(), 100, sinks=[lambda t: seen.append(thread_slice())]).run(
+            max_ticks=3
+        )
+        assert thread_slice() == before  # given back when the run ends
+        loop = ControlLoop(
+            robot,
+            Sine(),
+            100,
+            latency_slice=None,
+            sinks=[lambda t: left_alone.append(thread_slice())],
+        )
+        loop.run(max_ticks=2)
+    assert seen == [expected] * 3
+    assert left_alone == [before] * 2
