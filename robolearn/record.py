@@ -30,12 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from robolearn.data.procwriter import ProcessEpisodeWriter, process_writer_supported
 from robolearn.data.store import EpisodeStore
 from robolearn.data.writer import EpisodeWriter
 from robolearn.errors import RobolearnError, SpecError
 from robolearn.hal import DeviceError, EpisodeEvent, Observation, Robot, SimRobot, Teleoperator
 from robolearn.loop import ControlLoop, LoopStats, Tick
 from robolearn.spec import FeatureSpec
+
+_Writer = EpisodeWriter | ProcessEpisodeWriter
 
 
 class RecordError(RobolearnError):
@@ -56,6 +59,9 @@ class RecordConfig:
     on_interrupt: str = "discard"  # or "save": what happens to the episode in flight
     codecs: Mapping[str, str] = field(default_factory=dict)
     max_attempts: int | None = None  # stop after this many episodes recorded (saved or not)
+    # "process": compression and disk writes in a child process (frames through shared memory),
+    # so they never hold the control loop's GIL; "thread": on a thread of this process.
+    writer: str = "process"
 
     def check(self) -> None:
         if self.overrun not in ("skip", "catch_up"):
@@ -68,6 +74,8 @@ class RecordConfig:
             raise RecordError(f"episode_time_s must be positive, got {self.episode_time_s}")
         if self.keep not in ("all", "success"):
             raise RecordError(f"keep must be 'all' or 'success', got {self.keep!r}")
+        if self.writer not in ("process", "thread"):
+            raise RecordError(f"writer must be 'process' or 'thread', got {self.writer!r}")
         if self.on_interrupt not in ("discard", "save"):
             raise RecordError(
                 f"on_interrupt must be 'discard' or 'save', got {self.on_interrupt!r}"
@@ -180,7 +188,7 @@ class Recorder:
             with (
                 self._teleop_connected(),
                 self.open_store() as store,
-                store.writer() as writer,
+                self._writer(store) as writer,
                 self._interrupt,
             ):
                 self._record_all(writer, store.num_episodes)
@@ -193,6 +201,12 @@ class Recorder:
             + (" (interrupted)" if self._interrupt.signal is not None else "")
         )
         return self.results
+
+    def _writer(self, store: EpisodeStore) -> _Writer:
+        """The episode writer the config asks for (the process writer where the OS has one)."""
+        if self.config.writer == "process" and process_writer_supported():
+            return ProcessEpisodeWriter(store)
+        return store.writer()
 
     @contextlib.contextmanager
     def _teleop_connected(self) -> Iterator[None]:
@@ -210,7 +224,7 @@ class Recorder:
             except Exception as exc:  # report it, never mask the original error
                 self.log(f"warning: could not make the robot hold still: {exc}")
 
-    def _record_all(self, writer: EpisodeWriter, saved_before: int) -> None:
+    def _record_all(self, writer: _Writer, saved_before: int) -> None:
         cfg = self.config
         saved = 0
         attempt = 0
@@ -239,7 +253,7 @@ class Recorder:
         return events
 
     def _episode(
-        self, writer: EpisodeWriter, attempt: int, seed: int | None, index: int
+        self, writer: _Writer, attempt: int, seed: int | None, index: int
     ) -> EpisodeResult:
         cfg = self.config
         robot = self.robot

@@ -245,6 +245,58 @@ def test_an_interrupted_recording_keeps_every_committed_episode(
         assert store.num_episodes == n + 1
 
 
+@pytest.mark.integration
+def test_a_recording_killed_outright_keeps_its_episodes_and_its_writer_process_exits(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL: no handler runs. The writer process notices, drops the episode in flight and
+    exits; until then it keeps the store locked, so the next recording waits for nothing."""
+    path = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(
+        _record_cmd(path, "seed=200"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_episodes(path, 1, proc)
+    time.sleep(0.5)
+    writers = [
+        int(p)
+        for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if "robolearn.data.procwriter" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    assert len(writers) == 1  # the recorder writes through a writer process
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{writers[0]}").exists() and "\nState:\tZ" not in _status(writers[0]):
+        assert time.monotonic() < deadline, "the writer process outlived its recorder"
+        time.sleep(0.05)
+    with EpisodeStore.open(path, "a") as store:
+        assert store.num_episodes >= 1
+    assert verify_store(path).ok
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return "\nState:\tZ"
+
+
+def test_the_writer_setting_is_checked_and_the_thread_writer_still_records(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(RecordError, match="writer must be 'process' or 'thread'"):
+        RecordConfig(tmp_path / "x.zarr", writer="disk").check()
+    path = tmp_path / "thread.zarr"
+    cfg = RecordConfig(path, num_episodes=1, fps=10, episode_time_s=20, writer="thread")
+    with PyBulletRobot("panda", task=make_task("reach"), cameras=CAM) as robot:
+        results = Recorder(robot, ExpertTeleop(robot), cfg, log=quiet).run()
+    assert [r.outcome for r in results] == ["saved"]
+    assert verify_store(path).ok
+
+
 def test_record_command_builds_a_dataset_in_lock_step(tmp_path: Path) -> None:
     path = tmp_path / "cli.zarr"
     start = time.monotonic()
