@@ -68,7 +68,7 @@ DOCS_END = "<!-- sim:end -->"
 PARTS = ("control", "render", "experts")
 RENDERERS = ("tiny", "egl")
 RESOLUTIONS = ((96, 96), (224, 224), (480, 640))  # height × width
-SO101_TASKS = ("reach", "push_cube", "pick_place", "push_t")
+SO101_TASKS = ("reach", "push_cube", "pick_place", "stack", "push_t")
 RENDER_TASK = "pick_place"
 
 # PyBullet on this machine class, Panda + cube (shared/ANCHORS.md).
