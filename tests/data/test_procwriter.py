@@ -339,3 +339,19 @@ def test_a_read_only_store_or_a_failing_start_is_refused(tmp_path: Path) -> None
         with ProcessEpisodeWriter(store) as w:  # the store is still usable
             write(w, [frames(3)])
     assert EpisodeStore.open(path).num_episodes == 1
+
+
+def test_the_writer_process_runs_in_its_own_session_in_the_background(
+    store: EpisodeStore,
+) -> None:
+    with ProcessEpisodeWriter(store) as w:
+        pid = w.pid
+        assert pid is not None and os.getsid(pid) == pid  # Ctrl-C and hang-ups reach the recorder
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= min(5, os.nice(0) + 5)
+        group = Path(f"/proc/{pid}/autogroup")
+        if group.exists():  # a kernel with autogroups: the writer's own group, at niceness 10
+            assert group.read_text().split()[-1] == "10"
+            assert (
+                group.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
+            )
+        write(w, [frames(5)])
