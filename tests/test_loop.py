@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
 import pytest
 
-from robolearn.loop import ControlLoop, LoopError, Tick, latency_slice, thread_slice
+from robolearn.loop import ControlLoop, LoopError, Tick, frozen_gc, latency_slice, thread_slice
 from robolearn.testing.synthetic import Sine, SyntheticRobot
 from sim.robot import PyBulletRobot
 
@@ -112,3 +113,20 @@ def test_the_loop_thread_asks_for_a_short_scheduler_slice_while_it_runs() -> Non
         loop.run(max_ticks=2)
     assert seen == [expected] * 3
     assert left_alone == [before] * 2
+
+
+def test_the_collector_leaves_older_objects_alone_while_loops_run() -> None:
+    assert gc.get_freeze_count() == 0
+    during: list[int] = []
+    with SyntheticRobot() as robot:
+        loop = ControlLoop(
+            robot, Sine(), 100, sinks=[lambda t: during.append(gc.get_freeze_count())]
+        )
+        with frozen_gc():  # another loop of the same process, already running
+            loop.run(max_ticks=2)
+            assert gc.get_freeze_count() > 0  # the inner run's end keeps the outer's freeze
+        assert gc.get_freeze_count() == 0
+        ControlLoop(robot, Sine(), 100, freeze_gc=False, sinks=[lambda t: during.append(-1)]).run(
+            max_ticks=1
+        )
+    assert len(during) == 3 and all(c > 0 for c in during[:2]) and during[2] == -1
