@@ -20,6 +20,7 @@ import numpy as np
 
 from robolearn.data.synthetic import SyntheticArm, sample_spec
 from robolearn.hal import Camera, DeviceError, Observation, Robot, WallClock
+from robolearn.loop import latency_slice
 from robolearn.spec import Feature, FeatureSpec
 
 
@@ -70,6 +71,12 @@ class SyntheticCamera(Camera):
         self._stop.set()
 
     def _run(self) -> None:
+        # a driver thread is latency-bound like the control loop: it asks for the same short
+        # scheduler slice, so a busy machine does not hold back the frames the loop waits for
+        with latency_slice(1e-4):
+            self._deliver()
+
+    def _deliver(self) -> None:
         t0 = time.monotonic()
         i = 0
         while not self._stop.is_set():
