@@ -15,6 +15,10 @@ episode in flight is discarded (`on_interrupt="save"` keeps it), the store is cl
 and the robot is asked to hold still. A second Ctrl-C stops at once (the store stays consistent:
 that is the writer's guarantee). A camera that stops delivering frames discards the episode and
 stops with a message naming the camera.
+
+Frames go to the store through a `ProcessEpisodeWriter` (compression and disk writes in a child
+process, frames through shared memory), so recording never holds the control loop's GIL;
+`RecordConfig.writer="thread"` keeps the writer on a thread of this process instead.
 """
 
 from __future__ import annotations
