@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,27 +131,24 @@ def weight_bytes(policy: Policy, name: str) -> tuple[int, int]:
     return size(policy), 0
 
 
+def timed(fn: Callable[[], object], warmup: int, calls: int) -> list[float]:
+    """Seconds per call of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def bench_inference(name: str, policy: Policy, calls: int, dtype: torch.dtype) -> dict[str, Any]:
     policy.eval()
     obs = observation(policy, 1)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else _null()
-    with ctx:
-        for _ in range(3):
-            policy.predict_chunk(obs)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            policy.predict_chunk(obs)
-            times.append(time.perf_counter() - t0)
-    return percentiles(times)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    bf16 = dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return percentiles(timed(lambda: policy.predict_chunk(obs), 3, calls))
 
 
 def inference_flops(policy: Policy) -> float:
@@ -166,13 +164,7 @@ def inference_flops(policy: Policy) -> float:
 def bench_training(policy: Policy, batch: int, steps: int, ema: bool) -> dict[str, Any]:
     opt = Optimizer(policy, OptimConfig(ema=ema, warmup_steps=10), 1000)
     data = training_batch(policy, batch)
-    for _ in range(2):
-        opt.step(data)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.step(data)
-        times.append(time.perf_counter() - t0)
+    times = timed(lambda: opt.step(data), 2, steps)
     with FlopCounterMode(display=False) as counter:
         policy.compute_loss(data)["loss"].backward()
     s = np.asarray(times)
