@@ -34,13 +34,15 @@ Design:
   child's traceback as a note) and are raised by the caller's next call as a `WriterError`
   (`__cause__` = the original), exactly like the thread writer; a child that dies without a
   word (killed) is reported with its signal.
-- CPU: its own session makes the child its own autogroup (the kernel's per-session scheduling
-  group). While it keeps up, the group runs at niceness `nice` (10): the control loop's process
-  comes first when the CPUs are busy; once frames back up (an eighth of the slots) it returns
-  to 0, its fair share, until it has caught up, so a busy machine costs latency before it costs
-  frames. No privilege is needed for either (`_Priority`). Measured with other people's jobs
-  using 1.3-1.5 of 2 cores: late ticks (> 1 ms) of the 100 Hz loop 49 → 14 per 600 with the
-  writer's group at 10 instead of 0.
+- CPU (`_Priority`, no privilege needed): while it keeps up, the child's threads may use every
+  CPU but one, which the control loop then always finds free (zarr compresses a shard's chunks
+  on several threads at once, and on 2 cores those bursts filled both just as the loop woke:
+  p99 of a 100 Hz loop beside the recording 0.8 → 0.09 ms on a quiet machine), and its own
+  session makes it its own autogroup (the kernel's per-session scheduling group), run at
+  niceness `nice` (10): the control loop's process comes first when the CPUs are busy (late
+  ticks 49 → 14 per 600 with others' jobs on 1.3-1.5 of 2 cores). Once frames back up (an
+  eighth of the slots) it takes every CPU and niceness 0, its fair share, until it has caught
+  up: a busy machine costs latency before it costs frames.
 - Large files go to the kernel in 256 KiB pieces (`_PacedLocalStore`): on a kernel without
   preemption one multi-megabyte write() holds its CPU for milliseconds.
 """
@@ -227,10 +229,11 @@ class ProcessEpisodeWriter(_WriterBase):
 
     Same API and guarantees as `EpisodeWriter` (see robolearn.data.writer); frames travel
     through shared memory. `nice` is the child's niceness while it keeps up (module docstring;
-    0: the caller's share throughout); `cpus` pins it to those CPUs; `session=False` keeps it in
-    the caller's session (and so in its scheduling group, where only its threads' niceness,
-    at most 5, sets it apart); `start_timeout` bounds its start-up (importing numpy and zarr).
-    `pid` is its process id while it runs.
+    0: the caller's share throughout); `cpus` pins it to those CPUs (default: all but one while
+    it keeps up, all when behind); `session=False` keeps it in the caller's session (and so in
+    its scheduling group, where only its threads' niceness, at most 5, sets it apart);
+    `start_timeout` bounds its start-up (importing numpy and zarr). `pid` is its process id
+    while it runs.
     """
 
     _copy_images = False  # copied once, straight into shared memory
@@ -467,47 +470,70 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class _Priority:
-    """The writer process's CPU priority: low while it keeps up, its fair share when behind.
+    """The writer process's claim on the CPUs: small while it keeps up, fair when it falls behind.
 
-    The child runs in its own session, which (with the kernel's autogroups, the default on
-    desktop Linux) makes it its own scheduling group: the group's niceness sets how much CPU the
-    writer takes from everything else when the CPUs are busy. While fewer than `high` frames
-    wait, the group runs at `nice` (background: the control loop's process and everyone else
-    come first); once that many wait, it goes back to 0 until the backlog is down to `low`.
-    Raising and lowering an autogroup's niceness between 0 and 19 needs no privilege. Without
-    autogroups the threads keep a fixed, milder niceness (a thread cannot lower it again).
+    While fewer than `high` frames wait (background):
+
+    - its threads may use every CPU this process may use but one, which the control loop then
+      always finds free: zarr compresses a shard's chunks on several threads at once, and on a
+      2-core machine those bursts otherwise fill both cores just as the loop wakes (measured on
+      a quiet machine: p99 of a 100 Hz loop beside the recording 0.8 ms → 0.09 ms);
+    - its session, which makes it its own scheduling group under the kernel's autogroups (the
+      default on desktop Linux), runs at niceness `nice`: the control loop's process and
+      everyone else come first when the CPUs are busy.
+
+    Once `high` frames wait it takes every CPU and niceness 0, its fair share, until the backlog
+    is down to `low`: a busy machine costs latency before it costs frames. Changing one's own
+    affinity and an autogroup's niceness within 0..19 needs no privilege. Without autogroups the
+    threads keep a fixed, milder niceness (a thread cannot lower its niceness again). `cpus`
+    given by the caller fixes the affinity instead.
     """
 
-    def __init__(self, nice: int, slots: int) -> None:
+    def __init__(self, nice: int, slots: int, cpus: list[int] | None) -> None:
         self.background = max(0, min(19, int(nice)))
         self.high = max(8, slots // 8)
         self.low = 2
         self.behind = False
         self.catch_ups = 0
-        own_session = os.getsid(0) == os.getpid()
-        self.group = own_session and self._set_group(self.background)
+        allowed = sorted(os.sched_getaffinity(0))
+        self.all_cpus = set(cpus or allowed)
+        self.few_cpus = set(cpus or (allowed[:-1] if len(allowed) > 1 else allowed))
+        self.group = os.getsid(0) == os.getpid()  # its own session: its own autogroup
+        self._set_group(self.background)
         if self.background:
             os.nice(min(self.background, _THREAD_NICE))
+        self._set_cpus(self.few_cpus)
 
     def update(self, backlog: int) -> None:
-        if not self.group:
-            return
         if not self.behind and backlog >= self.high:
             self.behind = True
             self.catch_ups += 1
             self._set_group(0)
+            self._set_cpus(self.all_cpus)
         elif self.behind and backlog <= self.low:
             self.behind = False
             self._set_group(self.background)
+            self._set_cpus(self.few_cpus)
 
-    def _set_group(self, nice: int) -> bool:
+    def _set_group(self, nice: int) -> None:
+        if not self.group:
+            return
         try:
             with open("/proc/self/autogroup", "w") as f:
                 f.write(str(nice))
-        except OSError:
+        except OSError:  # no autogroups here
             self.group = False
-            return False
-        return True
+
+    @staticmethod
+    def _set_cpus(cpus: set[int]) -> None:
+        """Every thread of this process (threads started later inherit from their creator)."""
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            tids = [0]
+        for tid in tids:
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                os.sched_setaffinity(tid, cpus)
 
 
 def _child(sock_fd: int, mem_fd: int, lock_fd: int) -> int:
@@ -517,9 +543,8 @@ def _child(sock_fd: int, mem_fd: int, lock_fd: int) -> int:
     disk: _DiskWriter | None = None
     try:
         _, path, slots, sched = chan.recv()
-        if sched["cpus"]:
-            os.sched_setaffinity(0, sched["cpus"])
-        priority = _Priority(sched["nice"], slots)  # before any thread starts: they inherit it
+        # before any thread starts (they inherit it)
+        priority = _Priority(sched["nice"], slots, sched["cpus"])
         group = zarr.open_group(_PacedLocalStore(path), mode="r+", zarr_format=3)
         store = EpisodeStore(group, path, "a", lock=_InheritedLock(lock_fd))  # type: ignore[arg-type]
         layout = _Layout(store)

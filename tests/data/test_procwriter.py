@@ -354,4 +354,45 @@ def test_the_writer_process_runs_in_its_own_session_in_the_background(
             assert (
                 group.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
             )
+        ours = os.sched_getaffinity(0)
+        if len(ours) > 1:  # one CPU is left to the control loop
+            assert os.sched_getaffinity(pid) == set(sorted(ours)[:-1])
         write(w, [frames(5)])
+
+
+PRIORITY_SCRIPT = textwrap.dedent(
+    """
+    import os
+    from robolearn.data.procwriter import _Priority
+    def show(tag):
+        group = open("/proc/self/autogroup").read().split()[-1]
+        print(tag, group, sorted(os.sched_getaffinity(0)), flush=True)
+    p = _Priority(10, 80, None)  # 80 slots: behind from 10 frames waiting, caught up at 2
+    show("start")
+    p.update(9); show("9 waiting")
+    p.update(10); show("10 waiting")
+    p.update(3); show("3 waiting")
+    p.update(2); show("2 waiting")
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroups")
+def test_the_writer_takes_its_fair_share_while_it_is_behind() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PRIORITY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,  # as the writer process runs: its own session and autogroup
+        check=True,
+    ).stdout.splitlines()
+    cpus = sorted(os.sched_getaffinity(0))
+    few = str(cpus[:-1] if len(cpus) > 1 else cpus)
+    assert out == [
+        f"start 10 {few}",
+        f"9 waiting 10 {few}",
+        f"10 waiting 0 {cpus}",
+        f"3 waiting 0 {cpus}",
+        f"2 waiting 10 {few}",
+    ]
