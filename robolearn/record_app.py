@@ -34,7 +34,7 @@ groups:
 
 common keys:
   dataset=datasets/NAME.zarr  num_episodes=N  fps=HZ  episode_time_s=S  reset_time_s=S
-  keep=all|success|auto  seed=N  overrun=skip|catch_up  on_interrupt=discard|save
+  keep=all|success|auto  seed=N  overrun=skip|catch_up  on_interrupt=discard|save  writer=process|thread
   codecs.top=jpeg:90  robot.clock=realtime  robot.cameras=[]  keys=on|off  status=on|off
 
 episode keys (in the terminal): {keys}
@@ -98,6 +98,7 @@ def record_config(cfg: DictConfig, keep: str) -> RecordConfig:
         seed=number("seed", int),
         overrun=str(cfg.overrun),
         on_interrupt=str(cfg.on_interrupt),
+        writer=str(cfg.get("writer", "process")),
         codecs=dict(cfg.codecs),
         max_attempts=number("max_attempts", int),
     )
