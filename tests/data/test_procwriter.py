@@ -341,6 +341,15 @@ def test_a_read_only_store_or_a_failing_start_is_refused(tmp_path: Path) -> None
     assert EpisodeStore.open(path).num_episodes == 1
 
 
+def _autogroup(pid: int | str) -> list[str] | None:
+    """`/proc/PID/autogroup` split into words, None where the kernel shows no autogroup."""
+    try:
+        words = Path(f"/proc/{pid}/autogroup").read_text().split()
+    except OSError:
+        return None
+    return words or None
+
+
 def test_the_writer_process_runs_in_its_own_session_in_the_background(
     store: EpisodeStore,
 ) -> None:
@@ -348,12 +357,12 @@ def test_the_writer_process_runs_in_its_own_session_in_the_background(
         pid = w.pid
         assert pid is not None and os.getsid(pid) == pid  # Ctrl-C and hang-ups reach the recorder
         assert os.getpriority(os.PRIO_PROCESS, pid) >= min(5, os.nice(0) + 5)
-        group = Path(f"/proc/{pid}/autogroup")
-        if group.exists():  # a kernel with autogroups: the writer's own group, at niceness 10
-            assert group.read_text().split()[-1] == "10"
-            assert (
-                group.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
-            )
+        theirs, mine = _autogroup(pid), _autogroup("self")
+        if theirs is not None:  # a kernel with autogroups: the writer's own group, at niceness 10
+            assert theirs[-1] == "10"
+            # The kernel shows nothing for a task whose group is a cgroup, not an autogroup
+            # (containers, CI runners): then there is no group of ours to compare with.
+            assert mine is None or theirs[0] != mine[0]
         ours = os.sched_getaffinity(0)
         if len(ours) > 1:  # one CPU is left to the control loop
             assert os.sched_getaffinity(pid) == set(sorted(ours)[:-1])
@@ -365,7 +374,7 @@ PRIORITY_SCRIPT = textwrap.dedent(
     import os
     from robolearn.data.procwriter import _Priority
     def show(tag):
-        group = open("/proc/self/autogroup").read().split()[-1]
+        group = (open("/proc/self/autogroup").read().split() or ["none"])[-1]
         print(tag, group, sorted(os.sched_getaffinity(0)), flush=True)
     p = _Priority(10, 80, None)  # 80 slots: behind from 10 frames waiting, caught up at 2
     show("start")
@@ -387,6 +396,8 @@ def test_the_writer_takes_its_fair_share_while_it_is_behind() -> None:
         start_new_session=True,  # as the writer process runs: its own session and autogroup
         check=True,
     ).stdout.splitlines()
+    if out[0].split()[1] == "none":
+        pytest.skip("the kernel shows no autogroup for a new session here (a cgroup governs it)")
     cpus = sorted(os.sched_getaffinity(0))
     few = str(cpus[:-1] if len(cpus) > 1 else cpus)
     assert out == [
