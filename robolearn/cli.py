@@ -241,6 +241,18 @@ def cmd_record(args: argparse.Namespace) -> int:
     return record_main(args.overrides)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from robolearn.train_app import train_main
+
+    return train_main(args.overrides)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robolearn.train_app import eval_main
+
+    return eval_main(args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robolearn",
@@ -264,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("overrides", nargs=argparse.REMAINDER)
     rec.set_defaults(func=cmd_record)
+
+    p = sub.add_parser(
+        "train",
+        help="train a policy on a store (hydra overrides: dataset=… policy=… train.steps=N)",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="simulated rollouts of a trained policy (checkpoint=RUN_DIR episodes=N)",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_eval)
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -322,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["record"]:  # hydra overrides (and --help/--cfg) go to the record command
-        args = argparse.Namespace(func=cmd_record, overrides=argv[1:], verbose=False)
+    hydra_commands = {"record": cmd_record, "train": cmd_train, "eval": cmd_eval}
+    if argv[:1] and argv[0] in hydra_commands:  # overrides (and --help/--cfg) go to the command
+        args = argparse.Namespace(func=hydra_commands[argv[0]], overrides=argv[1:], verbose=False)
     else:
         args = parser.parse_args(argv)
     logging.basicConfig(

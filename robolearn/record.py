@@ -66,6 +66,9 @@ class RecordConfig:
     # "process": compression and disk writes in a child process (frames through shared memory),
     # so they never hold the control loop's GIL; "thread": on a thread of this process.
     writer: str = "process"
+    # JSON attributes stored at the store's root when it is created (`robolearn record` keeps
+    # the robot and task configs there, so training and evaluation can rebuild the scene)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.overrun not in ("skip", "catch_up"):
@@ -182,7 +185,13 @@ class Recorder:
             self.log(f"appending to {path} ({store.num_episodes} episodes already there)")
             return store
         path.parent.mkdir(parents=True, exist_ok=True)
-        return EpisodeStore.create(path, spec, self.config.fps, codecs=dict(self.config.codecs))
+        return EpisodeStore.create(
+            path,
+            spec,
+            self.config.fps,
+            codecs=dict(self.config.codecs),
+            attrs=dict(self.config.attrs),
+        )
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[EpisodeResult]:

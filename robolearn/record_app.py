@@ -101,9 +101,20 @@ def record_config(cfg: DictConfig, keep: str) -> RecordConfig:
         writer=str(cfg.get("writer", "process")),
         codecs=dict(cfg.codecs),
         max_attempts=number("max_attempts", int),
+        attrs={"recording": recording_attrs(cfg)},
     )
     config.check()
     return config
+
+
+def recording_attrs(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved robot and task configs, kept in the store so that `robolearn train` and
+    `robolearn eval` can rebuild the same simulated scene (the robot without its scene)."""
+    robot = OmegaConf.to_container(cfg.robot, resolve=True)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(robot, dict) and isinstance(task, dict)
+    robot.pop("task", None)
+    return {"robot": robot, "task": task}
 
 
 def record(cfg: DictConfig) -> int:

@@ -531,6 +531,11 @@ class EpisodeStore:
         self._info_json.append(text)
         return self.episode(n)
 
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        """The extra JSON attributes at the root (`create(attrs=…)`, `set_attrs`)."""
+        return {k: v for k, v in self._group.attrs.asdict().items() if k != "robolearn"}
+
     def set_attrs(self, **values: Any) -> None:
         """Store extra JSON attributes at the root (beside, never inside, robolearn's own)."""
         self._require_writable()

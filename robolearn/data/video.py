@@ -103,6 +103,48 @@ def export_video(
     return out_path
 
 
+def write_mp4(
+    frames: Sequence[np.ndarray],
+    out_path: str | os.PathLike[str],
+    fps: float,
+    title: str | None = None,
+) -> Path:
+    """Write RGB uint8 frames (H×W×3, all one size) to an mp4; `title` is drawn on every frame.
+
+    Written beside the target and renamed at the end, like `export_video`.
+    """
+    if not frames:
+        raise ValueError("no frames to write")
+    h, w = frames[0].shape[:2]
+    out_h, out_w = _round_up_even(h), _round_up_even(w)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix or '.mp4'}")
+    writer = cv2.VideoWriter(
+        str(tmp_path), cv2.VideoWriter.fourcc(*FOURCC), _check_fps(fps), (out_w, out_h), True
+    )
+    if not writer.isOpened():
+        raise OSError(f"OpenCV could not open {tmp_path} for writing with codec {FOURCC!r}")
+    canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
+    try:
+        for i, frame in enumerate(frames):
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"frame {i} is {frame.shape[:2]}, the first was {(h, w)}")
+            canvas[:h, :w] = _to_bgr(frame[None])[0]
+            if title:
+                _draw_label(canvas, f"{title}  t={i / fps:.1f}s")
+            writer.write(canvas)
+    except BaseException:
+        writer.release()
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    writer.release()
+    _check_readable(tmp_path, len(frames))
+    tmp_path.replace(out_path)
+    return out_path
+
+
 def _image_keys(store: EpisodeStore, keys: Sequence[str] | None) -> list[str]:
     available = store.spec.image_keys
     if not available:

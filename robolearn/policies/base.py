@@ -270,6 +270,10 @@ class Policy(nn.Module):
         """Training loss of one batch of SequenceDataset windows; "loss" is what to minimise."""
         raise NotImplementedError
 
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`compute_loss`: calling the module is what DDP and torch.compile wrap."""
+        return self.compute_loss(batch)
+
     def _predict(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised action chunk (B, horizon, action_dim) from device observations."""
         raise NotImplementedError

@@ -76,6 +76,11 @@ class Task(ABC):
     @abstractmethod
     def success(self) -> bool: ...
 
+    def score(self) -> float:
+        """How well the task is done now, 0 … 1 (1.0 on success unless the task grades it,
+        like push_t's area coverage); evaluations report the best score of each episode."""
+        return float(self.success())
+
     @abstractmethod
     def expert(self, robot: PyBulletRobot, rng: np.random.Generator) -> Teleoperator:
         """A scripted expert for this task, drawing its strategy from `rng`."""

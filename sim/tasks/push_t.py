@@ -101,6 +101,7 @@ class PushT(Task):
         (x0, x1), (y0, y1) = self.arm.model.workspace
         self.goal = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
         self.goal_yaw = 0.0
+        self._area_points: np.ndarray | None = None
         self.block = self._make_body(mass=0.1, rgba=(*PALETTE[4], 1.0), collide=True)
         self.target = self._make_body(mass=0.0, rgba=(0.2, 0.7, 0.3, 0.6), collide=False)
 
@@ -189,6 +190,24 @@ class PushT(Task):
     def success(self) -> bool:
         dist, dyaw = self.errors()
         return bool(dist < self.pos_tol and dyaw < self.yaw_tol)
+
+    def coverage(self) -> float:
+        """The fraction of the drawn T's area that the block covers (Push-T's score, 0 … 1)."""
+        if self._area_points is None:  # a grid at 1/20 of a unit over both rectangles
+            step = self.shape.unit / 20
+            pts = []
+            for cx, cy, hx, hy in self.shape.rects:  # the rectangles share an edge, not area
+                xs = np.arange(cx - hx + step / 2, cx + hx, step)
+                ys = np.arange(cy - hy + step / 2, cy + hy, step)
+                pts.append(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
+            self._area_points = np.concatenate(pts) - self.shape.com  # in the bodies' frame
+        world = self._area_points @ _rot(self.goal_yaw).T + self.goal
+        pos, yaw = self.block_pose()
+        local = (world - pos[:2]) @ _rot(yaw) + self.shape.com  # into the block's T frame
+        return float((self.shape.distance(local) <= 0).mean())
+
+    def score(self) -> float:
+        return self.coverage()
 
     def expert(self, robot, rng: np.random.Generator) -> WaypointExpert:  # type: ignore[no-untyped-def]
         return PushTExpert(self, robot, rng)

@@ -1,0 +1,178 @@
+"""`robolearn eval`: lock-step rollouts in worker processes, the success interval, videos and
+the JSON report; the receding-horizon executor; push_t's coverage score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from robolearn.cli import main
+from robolearn.config import ConfigError, compose
+from robolearn.data.stats import get_stats
+from robolearn.data.store import EpisodeStore
+from robolearn.evaluate import ChunkExecutor, EvalError, wilson_interval
+from robolearn.policies import make_policy
+from robolearn.policies.mlp import MLPConfig
+from robolearn.train_app import run_eval
+
+
+def test_the_wilson_interval_matches_known_values() -> None:
+    lo, hi = wilson_interval(40, 50)  # 80 %
+    assert lo == pytest.approx(0.6696, abs=1e-3) and hi == pytest.approx(0.8876, abs=1e-3)
+    assert wilson_interval(50, 50)[1] == pytest.approx(1.0) and wilson_interval(50, 50)[0] > 0.92
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] < 0.31
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reach store from the scripted expert and a short training run on it."""
+    root = tmp_path_factory.mktemp("eval")
+    store = root / "reach.zarr"
+    assert (
+        main(
+            [
+                "record",
+                "robot=sim_panda",
+                "task=reach",
+                "teleop=expert",
+                "num_episodes=6",
+                f"dataset={store}",
+                "robot.cameras=[]",
+                "keys=off",
+                "status=off",
+            ]
+        )
+        == 0
+    )
+    run = root / "run"
+    assert (
+        main(
+            [
+                "train",
+                f"dataset={store}",
+                f"run_dir={run}",
+                "policy=mlp",
+                "policy.hidden_dims=[64,64]",
+                "policy.horizon=8",
+                "policy.n_action_steps=4",
+                "policy.action_keys=[action.joint]",
+                "train.steps=20",
+                "train.batch_size=16",
+                "train.threads=1",
+                "train.device=cpu",
+            ]
+        )
+        == 0
+    )
+    return run
+
+
+def test_eval_reports_success_with_an_interval_videos_and_json(trained_run: Path) -> None:
+    out = trained_run / "my_eval"
+    cfg = compose(
+        "eval",
+        [f"checkpoint={trained_run}", "episodes=4", "workers=2", "videos=1", f"out={out}"],
+    )
+    assert run_eval(cfg) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["episodes"] == 4 and report["task"] == "reach" and report["workers"] == 2
+    assert report["seeds"] == [100000, 100001, 100002, 100003]
+    assert 0 <= report["successes"] <= 4
+    lo, hi = report["ci95"]
+    assert lo <= report["success_rate"] <= hi
+    assert len(report["per_episode"]) == 4
+    for ep in report["per_episode"]:
+        assert 1 <= ep["steps"] <= 200 and ep["success"] == (ep["score"] >= 1.0)
+    assert report["inference_ms_p50"] > 0
+    (video,) = report["videos"]
+    cap = cv2.VideoCapture(video)
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    seed0 = next(e for e in report["per_episode"] if e["seed"] == 100000)
+    assert frames == seed0["steps"] + 1
+    ok, frame = cap.read()
+    assert ok and frame.shape == (360, 480, 3) and frame.std() > 10
+
+
+def test_eval_of_the_same_seeds_is_reproducible_in_one_process(trained_run: Path) -> None:
+    reports = []
+    for name in ("a", "b"):
+        out = trained_run / f"repro_{name}"
+        cfg = compose(
+            "eval",
+            [f"checkpoint={trained_run}", "episodes=2", "workers=1", "videos=0", f"out={out}"],
+        )
+        assert run_eval(cfg) == 0
+        reports.append(json.loads((out / "report.json").read_text())["per_episode"])
+    strip = [[{k: e[k] for k in ("seed", "success", "steps", "score")} for e in r] for r in reports]
+    assert strip[0] == strip[1]
+
+
+def test_eval_needs_a_simulated_scene_and_a_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"no checkpoint|does not exist"):
+        run_eval(compose("eval", [f"checkpoint={tmp_path}"]))
+    # a bare policy directory away from its run: the scene must be named
+    import shutil
+
+    bare = tmp_path / "policy"
+    shutil.copytree((trained_run / "checkpoints" / "last").resolve(), bare)
+    with pytest.raises(ConfigError, match="robot=sim_panda"):
+        run_eval(compose("eval", [f"checkpoint={bare}", "episodes=1"]))
+    out = tmp_path / "named"
+    cfg = compose(
+        "eval",
+        [f"checkpoint={bare}", "robot=sim_panda", "task=reach", "episodes=1", f"out={out}"],
+    )
+    assert run_eval(cfg) == 0 and (out / "report.json").exists()
+
+
+def test_the_executor_runs_each_chunk_from_the_current_step(tmp_path: Path) -> None:
+    from robolearn.testing.toy import write_obstacle_store
+
+    path = tmp_path / "toy.zarr"
+    write_obstacle_store(path, episodes=4, seed=0)
+    with EpisodeStore.open(path) as store:
+        config = MLPConfig(hidden_dims=[16], n_obs_steps=2, horizon=6, n_action_steps=3)
+        policy = make_policy(config, store.spec, get_stats(store))
+        obs0 = {k: store.read(k, 0, 1)[0] for k in policy.obs_keys}
+    calls = []
+    real = policy.predict_chunk
+
+    def spy(window):  # type: ignore[no-untyped-def]
+        calls.append({k: np.asarray(v).copy() for k, v in window.items()})
+        return real(window)
+
+    policy.predict_chunk = spy  # type: ignore[method-assign]
+    ex = ChunkExecutor(policy)
+    key = ex.action_key
+    actions = [ex(obs0)[key] for _ in range(7)]
+    assert len(calls) == 3  # a chunk every n_action_steps = 3 ticks
+    k0 = policy.obs_keys[0]
+    assert calls[0][k0].shape[:2] == (1, 2)
+    np.testing.assert_array_equal(calls[0][k0][0, 0], calls[0][k0][0, 1])  # start padded
+    chunk = real(calls[0])[0].numpy()
+    np.testing.assert_allclose(actions[0], policy.split_actions(chunk[1])[key], rtol=1e-6)
+    np.testing.assert_allclose(actions[2], policy.split_actions(chunk[3])[key], rtol=1e-6)
+    with pytest.raises(EvalError, match="cannot send"):
+        ChunkExecutor(policy, "action.nothing")
+
+
+def test_push_t_coverage_is_the_covered_fraction_of_the_goal() -> None:
+    from sim.robot import PyBulletRobot
+    from sim.tasks import make_task
+    from sim.tasks.objects import place
+
+    robot = PyBulletRobot("panda", task=make_task("push_t"))
+    with robot:
+        robot.reset(0)
+        t = robot.task
+        c = t.world.client
+        assert t.coverage() < 0.5 and not t.success()
+        place(c, t.block, np.array([*t.goal, t.shape.height / 2]), yaw=t.goal_yaw)
+        assert t.coverage() == pytest.approx(1.0) and t.score() == pytest.approx(1.0)
+        # half a unit sideways: the bar (4×1) keeps 3.5 of 4, the stem (1×3) keeps half
+        place(c, t.block, np.array([t.goal[0] + t.shape.unit / 2, t.goal[1], 0.0125]), yaw=0.0)
+        assert t.coverage() == pytest.approx((3.5 + 1.5) / 7, abs=0.01)
