@@ -221,9 +221,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from robolearn.demo import run_demo
+    from robolearn.demo import DemoPlan, run_demo
 
-    return run_demo(out=Path(args.out), episodes=args.episodes, seconds=args.seconds, fps=args.fps)
+    plan = DemoPlan(
+        out=Path(args.out),
+        episodes=args.episodes,
+        policy=args.policy,
+        steps=args.steps,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+    )
+    return run_demo(plan)
 
 
 # ---------------------------------------------------------------------- parser
@@ -262,11 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="the main job: record a sample store and show what is in it")
-    demo.add_argument("--out", default="datasets/demo.zarr", help="where to write the store")
-    demo.add_argument("--episodes", type=int, default=3)
-    demo.add_argument("--seconds", type=float, default=4.0, help="length of each episode")
-    demo.add_argument("--fps", type=float, default=30.0, help="recording rate")
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: scripted demonstrations → Zarr → train → eval → report, in simulation",
+    )
+    demo.add_argument("--out", default="runs/demo", help="where the store, run and report go")
+    demo.add_argument("--episodes", type=int, default=200, help="demonstrations to record")
+    demo.add_argument("--policy", default="flow", help="a policy of configs/policy/")
+    demo.add_argument("--steps", type=int, help="training steps (default: configs/train/demo.yaml)")
+    demo.add_argument("--eval-episodes", type=int, default=50, help="evaluation rollouts")
+    demo.add_argument("--workers", type=int, help="evaluation processes (default: one per core)")
     demo.set_defaults(func=cmd_demo)
 
     rec = sub.add_parser(

@@ -217,20 +217,23 @@ def test_an_interrupted_recording_keeps_every_committed_episode(
         text=True,
     )
     _wait_for_episodes(path, 1, proc)
-    time.sleep(1.0)  # well into the second episode (2.5 s each, expert usually done earlier)
+    time.sleep(0.3)  # into the second episode (a reach episode takes about 1 s)
     with EpisodeStore.open(path, "r") as store:
         committed = store.num_episodes
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert "interrupted" in out
+    # On a loaded machine another episode may end between the count and the signal: the
+    # recorder's own lines say which episodes it saved and what became of the one in flight.
+    saved = out.count("saved episode")
     with EpisodeStore.open(path, "r") as store:
         assert verify_store(path).ok
         n = store.num_episodes
+        assert n == saved and n >= committed, out
         if on_interrupt == "discard":
-            assert n == committed
+            assert "interrupted, nothing kept" in out, out
         else:
-            assert n == committed + 1  # the episode in flight was kept
+            assert "(kept on interrupted)" in out, out  # the episode in flight was kept
             assert store.episode(n - 1).length > 0
     # the store takes more episodes afterwards
     done = subprocess.run(
