@@ -101,14 +101,15 @@ class EpisodeResult:
     stopped: bool = False  # the operator quit or the process was interrupted during it
 
 
-class _Interrupt:
-    """SIGINT/SIGTERM → a flag the loop checks between ticks; a second signal stops at once."""
+class StopSignals:
+    """SIGINT/SIGTERM → a flag a loop checks between ticks or steps; a second signal stops at
+    once (KeyboardInterrupt). Handlers are installed only in the main thread."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _Interrupt:
+    def __enter__(self) -> StopSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -156,7 +157,7 @@ class Recorder:
         self.status = status
         self.log = log
         self.results: list[EpisodeResult] = []
-        self._interrupt = _Interrupt()
+        self._interrupt = StopSignals()
 
     # ------------------------------------------------------------------ store
     def open_store(self) -> EpisodeStore:

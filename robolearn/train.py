@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from robolearn.errors import RobolearnError
 from robolearn.evaluate import EVAL_SEED
+from robolearn.record import StopSignals
 from robolearn.training import OptimConfig
 
 STATE_FORMAT = "robolearn.trainer/1"
@@ -270,30 +270,6 @@ def find_checkpoint(path: str | os.PathLike[str], which: str = "best") -> Path:
         f"{path} holds no checkpoint: pass a run directory of `robolearn train` (with "
         f"{CHECKPOINTS}/last) or a saved policy directory (with config.json)"
     )
-
-
-# ---------------------------------------------------------------------- interrupt
-class _StopFlag:
-    """SIGINT / SIGTERM → finish the step, write a checkpoint, stop; a second signal stops now."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -690,7 +666,7 @@ class Trainer:
         val_loss = success = None
         interrupted = False
         print_every = max(s.steps // 20, s.log_every)
-        with _StopFlag() as stop, progress:
+        with StopSignals() as stop, progress:
             bar = progress.add_task("train", total=s.steps, completed=self.step, loss="-", rate="-")
             self.policy.train()
             for batch in loader:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -56,19 +56,7 @@ def export_video(
     if not out_path.suffix:
         out_path = out_path.with_suffix(".mp4")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename at the end, so a failed export never leaves a
-    # truncated video under the real name. The temporary name keeps the suffix because
-    # OpenCV chooses the container from it.
-    tmp_path = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix}")
-    writer = cv2.VideoWriter(
-        str(tmp_path), cv2.VideoWriter.fourcc(*FOURCC), rate, (out_w, out_h), True
-    )
-    if not writer.isOpened():
-        raise OSError(
-            f"OpenCV could not open {tmp_path} for writing with codec {FOURCC!r}; check that "
-            "the folder is writable and the file name ends in .mp4"
-        )
-    try:
+    with _mp4(out_path, rate, (out_w, out_h), n) as writer:
         canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
         for block_start in range(start, end, BLOCK_FRAMES):
             block_end = min(block_start + BLOCK_FRAMES, end)
@@ -82,14 +70,6 @@ def export_video(
                 if label:
                     _draw_label(canvas, f"{frame}  {timestamps[frame]:.2f}s")
                 writer.write(canvas)
-    except BaseException:
-        writer.release()
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-    writer.release()
-    _check_readable(tmp_path, n)
-    tmp_path.replace(out_path)
     log.info(
         "wrote %s: episode %d, %d frames of %s at %.2f fps (%dx%d)",
         out_path,
@@ -103,30 +83,47 @@ def export_video(
     return out_path
 
 
+@contextlib.contextmanager
+def _mp4(
+    out_path: Path, fps: float, size: tuple[int, int], frames: int
+) -> Iterator[cv2.VideoWriter]:
+    """An mp4 writer for `frames` frames of `size` (width, height). It writes beside the target
+    and renames at the end, so a failed export never leaves a truncated video under the real
+    name (the temporary name keeps the suffix: OpenCV chooses the container from it)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix}")
+    writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter.fourcc(*FOURCC), fps, size, True)
+    if not writer.isOpened():
+        raise OSError(
+            f"OpenCV could not open {tmp_path} for writing with codec {FOURCC!r}; check that "
+            "the folder is writable and the file name ends in .mp4"
+        )
+    try:
+        yield writer
+    except BaseException:
+        writer.release()
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    writer.release()
+    _check_readable(tmp_path, frames)
+    tmp_path.replace(out_path)
+
+
 def write_mp4(
     frames: Sequence[np.ndarray],
     out_path: str | os.PathLike[str],
     fps: float,
     title: str | None = None,
 ) -> Path:
-    """Write RGB uint8 frames (H×W×3, all one size) to an mp4; `title` is drawn on every frame.
-
-    Written beside the target and renamed at the end, like `export_video`.
-    """
+    """Write RGB uint8 frames (H×W×3, all one size) to an mp4; `title` is drawn on every frame."""
     if not frames:
         raise ValueError("no frames to write")
     h, w = frames[0].shape[:2]
     out_h, out_w = _round_up_even(h), _round_up_even(w)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix or '.mp4'}")
-    writer = cv2.VideoWriter(
-        str(tmp_path), cv2.VideoWriter.fourcc(*FOURCC), _check_fps(fps), (out_w, out_h), True
-    )
-    if not writer.isOpened():
-        raise OSError(f"OpenCV could not open {tmp_path} for writing with codec {FOURCC!r}")
+    out_path = Path(out_path).with_suffix(".mp4")
     canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
-    try:
+    with _mp4(out_path, _check_fps(fps), (out_w, out_h), len(frames)) as writer:
         for i, frame in enumerate(frames):
             if frame.shape[:2] != (h, w):
                 raise ValueError(f"frame {i} is {frame.shape[:2]}, the first was {(h, w)}")
@@ -134,14 +131,6 @@ def write_mp4(
             if title:
                 _draw_label(canvas, f"{title}  t={i / fps:.1f}s")
             writer.write(canvas)
-    except BaseException:
-        writer.release()
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-    writer.release()
-    _check_readable(tmp_path, len(frames))
-    tmp_path.replace(out_path)
     return out_path
 
 
