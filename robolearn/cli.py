@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="where the store, run and report go")
     demo.add_argument("--episodes", type=int, default=200, help="demonstrations to record")
-    demo.add_argument("--policy", default="flow", help="a policy of configs/policy/")
+    demo.add_argument("--policy", default="mlp", help="a policy of configs/policy/")
     demo.add_argument("--steps", type=int, help="training steps (default: configs/train/demo.yaml)")
     demo.add_argument("--eval-episodes", type=int, default=50, help="evaluation rollouts")
     demo.add_argument("--workers", type=int, help="evaluation processes (default: one per core)")

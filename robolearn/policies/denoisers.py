@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robolearn.errors import SpecError
+from robolearn.policies.cache import weight_key
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Conv1d(nn.Conv1d):
             or x.device.type != "cpu"  # cuDNN has no such slow path
         ):
             return super().forward(x)
-        key = (self.weight._version, self.weight.data_ptr(), self.fast_dtype)
+        key = (weight_key(self.weight), self.fast_dtype)
         if getattr(self, "_fast_key", None) != key:
             w = self.weight.detach()  # (C_out, C_in, k) → (C_out, k·C_in), tap-major
             self._fast_w = w.permute(0, 2, 1).reshape(w.shape[0], -1).to(self.fast_dtype)

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from robolearn.errors import SpecError
+from robolearn.policies.cache import weight_key
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class MatmulConv2d(nn.Conv2d):
             or not isinstance(self.padding, tuple)
         ):
             return super().forward(x)
-        key = (self.weight._version, self.weight.data_ptr())
+        key = weight_key(self.weight)
         if getattr(self, "_mm_key", None) != key:
             self._mm_w = self.weight.detach().reshape(self.weight.shape[0], -1).t().contiguous()
             self._mm_key = key
