@@ -206,7 +206,8 @@ def run_train(cfg: DictConfig, resume: str | None = None) -> int:
         task = _container(cfg.get("task")) or recorded.get("task")
         env = resolve_env(robot, task)
         run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else default_run_dir(policy_cfg, dataset)
-        if (run_dir / CONFIG_FILE).exists():
+        # (data-parallel processes other than the first find the config the first one wrote)
+        if (run_dir / CONFIG_FILE).exists() and _is_main_process():
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with resume={run_dir} or choose "
                 "another run_dir"
