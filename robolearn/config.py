@@ -42,6 +42,20 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+def command_flags(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, --help given, --cfg given) of a hydra-style command line."""
+    args = list(argv)
+    wants_help = any(a in ("-h", "--help") for a in args)
+    show = "--cfg" in args
+    return [a for a in args if a != "--cfg"], wants_help, show
+
+
+def print_config(cfg: DictConfig) -> int:
+    """`--cfg`: the composed config as YAML."""
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    return 0
+
+
 def choices(group: str) -> list[str]:
     """The options of a config group (e.g. robot → sim_panda, sim_so101, …)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

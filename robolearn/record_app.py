@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from robolearn.config import ConfigError, build, choices, compose
+from robolearn.config import ConfigError, build, choices, command_flags, compose, print_config
 from robolearn.hal import EpisodeEvent
 from robolearn.record import RecordConfig, Recorder
 
@@ -57,17 +57,12 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = list(argv)
-    if any(a in ("-h", "--help") for a in args):
+    args, wants_help, show = command_flags(argv)
+    if wants_help:
         print(usage())
         return 0
-    show = "--cfg" in args
-    args = [a for a in args if a != "--cfg"]
     cfg = compose("record", args)
-    if show:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        return 0
-    return record(cfg)
+    return print_config(cfg) if show else record(cfg)
 
 
 def make_robot(cfg: DictConfig) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from robolearn.config import ConfigError, choices, compose
+from robolearn.config import ConfigError, choices, command_flags, compose, print_config
 
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 120)
@@ -138,21 +138,16 @@ def _container(node: Any) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------- train
 def train_main(argv: Sequence[str]) -> int:
-    args = list(argv)
-    if any(a in ("-h", "--help") for a in args):
+    args, wants_help, show = command_flags(argv)
+    if wants_help:
         print(_usage(TRAIN_HELP))
         return 0
-    show = "--cfg" in args
-    args = [a for a in args if a != "--cfg"]
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if resume:
         cfg = _resume_config(resume, [a for a in args if not a.startswith("resume=")])
     else:
         cfg = compose("train", args)
-    if show:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        return 0
-    return run_train(cfg, resume=resume)
+    return print_config(cfg) if show else run_train(cfg, resume=resume)
 
 
 def _resume_config(run_dir: str, overrides: list[str]) -> DictConfig:
@@ -288,17 +283,12 @@ class EvalSettings:
 
 
 def eval_main(argv: Sequence[str]) -> int:
-    args = list(argv)
-    if any(a in ("-h", "--help") for a in args):
+    args, wants_help, show = command_flags(argv)
+    if wants_help:
         print(_usage(EVAL_HELP))
         return 0
-    show = "--cfg" in args
-    args = [a for a in args if a != "--cfg"]
     cfg = compose("eval", args)
-    if show:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        return 0
-    return run_eval(cfg)
+    return print_config(cfg) if show else run_eval(cfg)
 
 
 def eval_env(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], Path | None]:
