@@ -4,6 +4,11 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/policies.py            # full run, about 10 minutes on 2 cores
     .venv/bin/python benchmarks/policies.py --quick    # fewer calls, a smoke run
+    python benchmarks/policies.py --device cuda        # on a GPU: benchmarks/results/policies_cuda.json
+
+On CUDA the latency includes the host-to-device copy of the observation and the copy of the
+chunk back (what a deployment pays), each call ends with a synchronisation, and training steps
+run under bf16 autocast as `robolearn train` does there (train.amp=auto).
 
 Profile (../shared/ANCHORS.md): 14-dim state + one 96×96 RGB camera, 14-dim action, CPU,
 `torch.set_num_threads(2)`; latency at batch 1 after warm-up, p50 / p90 of ≥ 20 calls.
@@ -59,6 +64,14 @@ LEROBOT_TRAIN_S = {
 }
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -100,7 +113,7 @@ def training_batch(policy: Policy, batch: int) -> dict[str, torch.Tensor]:
     out = observation(policy, batch)
     out["action"] = torch.randn(batch, policy.horizon, 14)
     out["action_is_pad"] = torch.zeros(batch, policy.horizon, dtype=torch.bool)
-    return out
+    return {k: v.to(DEVICE) for k, v in out.items()}
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
@@ -135,10 +148,12 @@ def timed(fn: Callable[[], object], warmup: int, calls: int) -> list[float]:
     """Seconds per call of `fn`, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -147,8 +162,8 @@ def bench_inference(name: str, policy: Policy, calls: int, dtype: torch.dtype) -
     policy.eval()
     obs = observation(policy, 1)
     bf16 = dtype == torch.bfloat16
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return percentiles(timed(lambda: policy.predict_chunk(obs), 3, calls))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+        return percentiles(timed(lambda: policy.predict_chunk(obs).cpu(), 3, calls))
 
 
 def inference_flops(policy: Policy) -> float:
@@ -164,7 +179,13 @@ def inference_flops(policy: Policy) -> float:
 def bench_training(policy: Policy, batch: int, steps: int, ema: bool) -> dict[str, Any]:
     opt = Optimizer(policy, OptimConfig(ema=ema, warmup_steps=10), 1000)
     data = training_batch(policy, batch)
-    times = timed(lambda: opt.step(data), 2, steps)
+    amp = DEVICE.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=amp):
+            opt.step(data)
+
+    times = timed(step, 2, steps)
     with FlopCounterMode(display=False) as counter:
         policy.compute_loss(data)["loss"].backward()
     s = np.asarray(times)
@@ -179,13 +200,14 @@ def bench_training(policy: Policy, batch: int, steps: int, ema: bool) -> dict[st
 def run(quick: bool, names: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    calls = 5 if quick else 20
-    train_steps = 2 if quick else 5
+    gpu = DEVICE.type == "cuda"
+    calls = 5 if quick else (50 if gpu else 20)
+    train_steps = 2 if quick else (20 if gpu else 5)
     results: dict[str, Any] = {"inference": {}, "training": {}, "parameters": {}}
     for name, config in configs().items():
         if names and name not in names:
             continue
-        policy = make_policy(config, spec(camera=True))
+        policy = make_policy(config, spec(camera=True)).to(DEVICE)
         results["parameters"][name] = sum(p.numel() for p in policy.parameters())
         log(f"{name}: {results['parameters'][name] / 1e6:.1f} M parameters")
         flops = inference_flops(policy)
@@ -213,13 +235,45 @@ def run(quick: bool, names: list[str] | None = None) -> dict[str, Any]:
             [] if name.endswith("transformer") else [("state", 64), ("state", 256)]
         )
         for kind, batch in cases:
-            pol = policy if kind == "camera" else make_policy(config, spec(camera=False))
+            pol = policy if kind == "camera" else make_policy(config, spec(camera=False)).to(DEVICE)
             r = bench_training(pol, batch, train_steps, ema=name != "act" and name != "mlp")
             results["training"][f"{name}|{kind}|{batch}"] = r
             log(
                 f"  train {kind} batch {batch}: {r['step_s']:.3f} s/step ({r['samples_per_s']:.0f} samples/s)"
             )
     return results
+
+
+def markdown_gpu(res: dict[str, Any], command: str) -> str:
+    meta = res["meta"]
+    lines = [
+        f"## Policies on {meta['gpu']}",
+        "",
+        f"Command: `{command}` · {meta['date']} · torch {meta['torch']}. Same profile and "
+        "networks as the CPU table; latency includes the observation's copy to the GPU and the "
+        "chunk's copy back; training under bf16 autocast (train.amp=auto).",
+        "",
+        "| policy | parameters | network calls | predict_chunk p50 / p90 (fp32) | bf16 p50 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in res["inference"].items():
+        lines.append(
+            f"| {name} | {res['parameters'][name] / 1e6:.1f} M | {row['steps']} | "
+            f"{row['fp32']['p50_ms']:.1f} / {row['fp32']['p90_ms']:.1f} ms | "
+            f"{row['bf16']['p50_ms']:.1f} ms |"
+        )
+    lines += [
+        "",
+        "| policy | input | batch | s/step | samples/s | GFLOP/step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in res["training"].items():
+        name, kind, batch = key.split("|")
+        lines.append(
+            f"| {name} | {kind} | {batch} | {r['step_s']:.4f} | {r['samples_per_s']:.0f} | "
+            f"{r['gflop_per_step']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def markdown(res: dict[str, Any], command: str) -> str:
@@ -293,10 +347,15 @@ def main() -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument(
         "--policies", default="", help="comma-separated subset of " + ",".join(configs())
     )
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here")
     names = [n for n in args.policies.split(",") if n]
     unknown = sorted(set(names) - set(configs()))
     if unknown:
@@ -309,15 +368,21 @@ def main() -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "quick": args.quick,
+        "device": str(DEVICE),
     }
+    gpu = DEVICE.type == "cuda"
+    if gpu:
+        res["meta"]["gpu"] = torch.cuda.get_device_name(DEVICE)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "policies.json").write_text(json.dumps(res, indent=2) + "\n")
+    stem = "policies_cuda" if gpu else "policies"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     command = ".venv/bin/python benchmarks/policies.py" + (" --quick" if args.quick else "")
     command += f" --policies {args.policies}" if names else ""
-    md = markdown(res, command)
+    command += f" --device {args.device}" if gpu else ""
+    md = (markdown_gpu if gpu else markdown)(res, command)
     print(md)
     if not args.no_docs:
-        update_docs_section(args.docs, "policies", md)
+        update_docs_section(args.docs, stem, md)
     return 0
 
 

@@ -11,8 +11,13 @@ evaluation. Stores are cached under --work and reused; results are merged into
 benchmarks/results/success.json cell by cell (so a long sweep can be run in parts) and the
 table in docs/benchmarks.md is rebuilt from all cells measured so far.
 
-Budgets: `demo` is what `robolearn demo` trains (about 7 minutes of training on 2 CPU cores);
+Budgets: `demo` is what `robolearn demo` trains (about a minute for the MLP on 2 CPU cores);
 `long` is configs/train/long.yaml (see its header for its length).
+
+Networks: `--nets cpu` (default) uses the demo's small networks (robolearn/demo.py);
+`--nets full` keeps configs/policy/<policy>.yaml's sizes (diffusion policy's U-Net 256-512-1024,
+ACT's 512-wide transformer), for a GPU. Observations: `state` is the joint state + the task's
+object state; `image` is the joint state + a 96×96 top camera (no object state).
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -84,7 +88,12 @@ def run_cell(
         "train",
         [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"],
     )
-    for key, value in policy_overrides(policy).items():
+    overrides = policy_overrides(policy)
+    if args.nets == "full":
+        overrides = {k: v for k, v in overrides.items() if k in ("obs_keys", "action_keys")}
+    if obs == "image":
+        overrides["obs_keys"] = ["state", "top"]
+    for key, value in overrides.items():
         OmegaConf.update(cfg.policy, key, value, merge=False)
     t0 = time.perf_counter()
     assert run_train(cfg) == 0
@@ -104,6 +113,8 @@ def run_cell(
         "task": task,
         "obs": obs,
         "budget": budget,
+        "nets": args.nets,
+        "device": _device(),
         "demos": args.demos,
         "steps": int(cfg.train.steps),
         "batch_size": int(cfg.train.batch_size),
@@ -121,6 +132,14 @@ def run_cell(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": _commit(),
     }
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def _commit() -> str:
@@ -147,26 +166,32 @@ def save(results: dict[str, Any]) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = sorted(results["cells"], key=lambda c: (c["task"], c["obs"], c["budget"], c["policy"]))
+    rows = sorted(
+        results["cells"],
+        key=lambda c: (c["task"], c["obs"], c["budget"], c.get("nets", "cpu"), c["policy"]),
+    )
     lines = [
         "## Success rates (policies trained on scripted demonstrations)",
         "",
         "Command: `.venv/bin/python benchmarks/success.py [--policies …] [--tasks …] [--obs …] "
-        "[--budget demo|long]`. Simulated Panda, lock-step; each cell records the scripted "
-        "expert's demonstrations (seeds 0…), trains with configs/train/<budget>.yaml and "
-        "evaluates the last checkpoint on unseen seeds 100000… Success: the task's own check; "
-        "score: push_t's area coverage (1 on success for the other tasks). "
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU.",
+        "[--budget demo|long] [--nets cpu|full]`. Simulated Panda, lock-step; each cell records "
+        "the scripted expert's demonstrations (seeds 0…), trains with "
+        "configs/train/<budget>.yaml and evaluates the last checkpoint on unseen seeds 100000… "
+        "Success: the task's own check; score: push_t's area coverage (1 on success for the "
+        "other tasks). nets: `cpu` = the demo's small networks, `full` = the policy configs' "
+        "own sizes. Trained on: the device of the training run (evaluation always on CPU "
+        "worker processes).",
         "",
-        "| task | obs | policy | budget | demos | steps × batch | train min | samples/s "
-        "| success | 95% CI | mean score | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | obs | policy | nets | budget | demos | steps × batch | trained on | train min "
+        "| samples/s | success | 95% CI | mean score | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         lo, hi = c["ci95"]
         lines.append(
-            f"| {c['task']} | {c['obs']} | {c['policy']} | {c['budget']} | {c['demos']} | "
-            f"{c['steps']} × {c['batch_size']} | {c['train_s'] / 60:.1f} | "
+            f"| {c['task']} | {c['obs']} | {c['policy']} | {c.get('nets', 'cpu')} | "
+            f"{c['budget']} | {c['demos']} | {c['steps']} × {c['batch_size']} | "
+            f"{c.get('device', 'CPU (2 cores)')} | {c['train_s'] / 60:.1f} | "
             f"{c['samples_per_s'] or 0:,.0f} | **{c['successes']}/{c['episodes']} = "
             f"{c['success_rate']:.0%}** | {lo:.0%}–{hi:.0%} | {c['mean_score']:.2f} | "
             f"{c['commit']} |"
@@ -183,8 +208,12 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=50, help="evaluation rollouts per cell")
     ap.add_argument("--demos", type=int, default=200, help="demonstrations per store")
     ap.add_argument("--work", default="/tmp/robolearn_success", help="stores and runs")
+    ap.add_argument("--nets", default="cpu", choices=["cpu", "full"], help="network sizes")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
     ap.add_argument("--table-only", action="store_true", help="rebuild the docs table")
     args = ap.parse_args()
+    global RESULTS
+    RESULTS = args.results
     results = load()
     if not args.table_only:
         for budget in args.budget.split(","):
@@ -192,11 +221,12 @@ def main() -> int:
                 for obs in args.obs.split(","):
                     for policy in args.policies.split(","):
                         cell = run_cell(policy, task, obs, budget, args)
-                        key = (policy, task, obs, budget)
+                        key = (policy, task, obs, budget, args.nets)
                         results["cells"] = [
                             c
                             for c in results["cells"]
-                            if (c["policy"], c["task"], c["obs"], c["budget"]) != key
+                            if (c["policy"], c["task"], c["obs"], c["budget"], c.get("nets", "cpu"))
+                            != key
                         ] + [cell]
                         save(results)
                         update_docs_section(DOCS, "success", table(results))

@@ -123,7 +123,8 @@ def copy_episodes(
 
     Specs must be equal (a clear error names the first difference) and nominal rates alike.
     Frame data, measured timestamps, capture times and episode metadata are kept exactly;
-    lossy image keys are decoded and encoded again (at the destination's codec).
+    lossy image keys are decoded and encoded again (at the destination's codec). Root user
+    attributes that all sources share (such as `recording`) are kept.
     """
     if not sources:
         raise ValueError("nothing to copy: give at least one source store")
@@ -145,7 +146,15 @@ def copy_episodes(
             raise StoreError(f"the destination {dest_path} is also a source; write to a new path")
     choice = {k: str(v) for k, v in first.codecs.items()}
     choice.update(codecs or {})
-    out = EpisodeStore.create(dest_path, first.spec, first.fps, codecs=choice, overwrite=overwrite)
+    # the user attributes (e.g. `recording`: which robot and task made the data, which train
+    # and eval read to rebuild the simulation) that every source agrees on
+    attrs = first.user_attrs
+    for other, _ in sources[1:]:
+        theirs = other.user_attrs
+        attrs = {k: v for k, v in attrs.items() if k in theirs and theirs[k] == v}
+    out = EpisodeStore.create(
+        dest_path, first.spec, first.fps, codecs=choice, overwrite=overwrite, attrs=attrs
+    )
     total = sum(len(eps) for _, eps in sources)
     done = 0
     obs_keys = first.spec.observation_keys

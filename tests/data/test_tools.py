@@ -72,6 +72,18 @@ def test_merge_keeps_every_frame_time_and_label(sample_store, tmp_path: Path) ->
         )
 
 
+def test_merge_keeps_the_attributes_its_sources_share(sample_store, tmp_path: Path) -> None:
+    # `recording` tells train and eval which simulation made the data: a merge must keep it
+    a = EpisodeStore.open(sample_store(episodes=1, frames=[10], seed=1), "a")
+    b = EpisodeStore.open(sample_store(episodes=1, frames=[10], seed=2), "a")
+    recording = {"robot": {"name": "sim_panda"}, "task": {"name": "pick_place"}}
+    a.set_attrs(recording=recording, operator="ann")
+    b.set_attrs(recording=recording, operator="bob")
+    copy_episodes([(a, [0]), (b, [0])], tmp_path / "merged.zarr").close()
+    merged = EpisodeStore.open(tmp_path / "merged.zarr", "r")
+    assert merged.user_attrs == {"recording": recording}
+
+
 def test_merge_refuses_different_specs_and_rates(sample_store, tmp_path: Path) -> None:
     a = EpisodeStore.open(sample_store(episodes=1))
     other = EpisodeStore.open(sample_store(episodes=1, cameras={"top": (24, 32)}))
