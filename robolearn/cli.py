@@ -261,6 +261,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.overrides)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from robolearn.deploy_app import main as deploy_main
+
+    return deploy_main(args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robolearn",
@@ -305,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "deploy",
+        help="run a trained policy on a robot at control rate (checkpoint=RUN_DIR robot=… task=…)",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_deploy)
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -363,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    hydra_commands = {"record": cmd_record, "train": cmd_train, "eval": cmd_eval}
+    hydra_commands = {
+        "record": cmd_record,
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "deploy": cmd_deploy,
+    }
     if argv[:1] and argv[0] in hydra_commands:  # overrides (and --help/--cfg) go to the command
         args = argparse.Namespace(func=hydra_commands[argv[0]], overrides=argv[1:], verbose=False)
     else:

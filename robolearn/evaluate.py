@@ -169,9 +169,12 @@ def run_episode(
 
 
 # ---------------------------------------------------------------------- the environment
-def make_sim_robot(robot_cfg: Mapping[str, Any], image_keys: Sequence[str]) -> Any:
-    """The simulated robot of a resolved robot config (with its `task` scene), in lock-step,
-    with only the cameras the policy reads (rendering is most of a tick's cost)."""
+def make_sim_robot(
+    robot_cfg: Mapping[str, Any], image_keys: Sequence[str], clock: str = "lockstep"
+) -> Any:
+    """The simulated robot of a resolved robot config (with its `task` scene), in lock-step
+    (or `clock="realtime"`), with only the cameras the policy reads (rendering is most of a
+    tick's cost)."""
     from omegaconf import OmegaConf
 
     from robolearn.config import build
@@ -184,7 +187,7 @@ def make_sim_robot(robot_cfg: Mapping[str, Any], image_keys: Sequence[str]) -> A
             f"evaluation runs in simulation, but the robot is {node['_target_']}; "
             "choose a simulated robot (robot=sim_panda or robot=sim_so101)"
         )
-    node["clock"] = "lockstep"
+    node["clock"] = clock
     cams = list(node.get("cameras") or [])
     node["cameras"] = [c for c in cams if c.get("name") in set(image_keys)]
     missing = set(image_keys) - {c.get("name") for c in node["cameras"]}

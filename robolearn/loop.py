@@ -57,7 +57,12 @@ class LoopError(RobolearnError):
 class ActionSource(Protocol):
     """Anything that turns an observation into an action: a teleoperator, a policy runner."""
 
-    def read(self, observation: Observation | None = None) -> Mapping[str, Any]: ...
+    def read(self, observation: Observation | None = None) -> Mapping[str, Any] | None: ...
+
+
+# An action source may also have `begin_tick(deadline)`: the loop calls it before `read` with
+# the time the tick was due on the robot's clock (the policy runner schedules actions on that
+# grid rather than on the moment `read` happens to run).
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Tick:
     deadline: float  # when the tick was due (robot clock)
     start: float  # when it started (robot clock)
     observation: Observation
-    action: dict[str, np.ndarray]  # the action as sent, in every representation the robot has
+    action: dict[str, np.ndarray]  # as sent, in every representation the robot has ({}: none)
 
     @property
     def period_error(self) -> float:
@@ -262,6 +267,9 @@ class ControlLoop:
         self.on_overrun = on_overrun
         self.latency_slice = latency_slice
         self.freeze_gc = freeze_gc
+        # a source that schedules by time (the policy runner) learns each tick's deadline
+        begin = getattr(source, "begin_tick", None)
+        self._begin_tick: Callable[[float], None] | None = begin if callable(begin) else None
 
     def run(
         self,
@@ -319,9 +327,12 @@ class ControlLoop:
         a = t()
         obs = self.robot.observe()
         b = t()
+        if self._begin_tick is not None:
+            self._begin_tick(deadline)
         action = self.source.read(obs)
         c = t()
-        sent = self.robot.act(action)
+        # None: nothing to send this tick (the robot keeps its last target)
+        sent = self.robot.act(action) if action is not None else {}
         d = t()
         tick = Tick(index, deadline, start, obs, sent)
         for sink in self.sinks:

@@ -130,6 +130,42 @@ def recording_spec(robot: Robot) -> FeatureSpec:
     return robot.spec
 
 
+def open_store(
+    dataset: str | Path,
+    spec: FeatureSpec,
+    fps: float,
+    codecs: Mapping[str, str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> EpisodeStore:
+    """Create the store at `dataset`, or open it to append after checking that its keys,
+    shapes and rate match `spec` and `fps` (the recorder's and deploy's episodes)."""
+    path = Path(dataset)
+    if (path / "zarr.json").exists():
+        store = EpisodeStore.open(path, "a")
+        try:
+            if set(store.spec) != set(spec):
+                raise SpecError(
+                    f"{path} was recorded with keys {sorted(store.spec)} but this robot has "
+                    f"{sorted(spec)}; record into a new dataset path"
+                )
+            store.spec.check_fits(spec, what=str(path), other_what="this robot")
+            if abs(store.fps - fps) > 1e-9:
+                raise SpecError(
+                    f"{path} was recorded at {store.fps:g} Hz, not {fps:g} Hz; "
+                    f"record at fps={store.fps:g} or into a new dataset path"
+                )
+        except Exception:
+            store.close()
+            raise
+        if store.recovery is not None and store.recovery.changed:
+            log(f"{path}: {store.recovery}")
+        log(f"appending to {path} ({store.num_episodes} episodes already there)")
+        return store
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return EpisodeStore.create(path, spec, fps, codecs=dict(codecs or {}), attrs=dict(attrs or {}))
+
+
 class Recorder:
     """Records episodes of `robot` driven by `teleop` into the store at `config.dataset`.
 
@@ -162,36 +198,9 @@ class Recorder:
     # ------------------------------------------------------------------ store
     def open_store(self) -> EpisodeStore:
         """Create the store, or open it to append after checking that the spec matches."""
-        path = Path(self.config.dataset)
-        spec = recording_spec(self.robot)
-        if (path / "zarr.json").exists():
-            store = EpisodeStore.open(path, "a")
-            try:
-                if set(store.spec) != set(spec):
-                    raise SpecError(
-                        f"{path} was recorded with keys {sorted(store.spec)} but this robot has "
-                        f"{sorted(spec)}; record into a new dataset path"
-                    )
-                store.spec.check_fits(spec, what=str(path), other_what="this robot")
-                if abs(store.fps - self.config.fps) > 1e-9:
-                    raise SpecError(
-                        f"{path} was recorded at {store.fps:g} Hz, not {self.config.fps:g} Hz; "
-                        f"record at fps={store.fps:g} or into a new dataset path"
-                    )
-            except Exception:
-                store.close()
-                raise
-            if store.recovery is not None and store.recovery.changed:
-                self.log(f"{path}: {store.recovery}")
-            self.log(f"appending to {path} ({store.num_episodes} episodes already there)")
-            return store
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return EpisodeStore.create(
-            path,
-            spec,
-            self.config.fps,
-            codecs=dict(self.config.codecs),
-            attrs=dict(self.config.attrs),
+        cfg = self.config
+        return open_store(
+            cfg.dataset, recording_spec(self.robot), cfg.fps, cfg.codecs, cfg.attrs, self.log
         )
 
     # ------------------------------------------------------------------ run
@@ -217,10 +226,7 @@ class Recorder:
         return self.results
 
     def _writer(self, store: EpisodeStore) -> _Writer:
-        """The episode writer the config asks for (the process writer where the OS has one)."""
-        if self.config.writer == "process" and process_writer_supported():
-            return ProcessEpisodeWriter(store)
-        return store.writer()
+        return make_writer(store, self.config.writer)
 
     @contextlib.contextmanager
     def _teleop_connected(self) -> Iterator[None]:
@@ -317,7 +323,7 @@ class Recorder:
 
         def sink(tick: Tick) -> None:
             writer.add_frame(
-                _frame(tick.observation, tick.action),
+                frame(tick.observation, tick.action),
                 timestamp=tick.start,
                 capture_times=tick.observation.capture_times,
             )
@@ -344,7 +350,7 @@ class Recorder:
             raise
         live.close()
         end = outcome["end"] or "timeout"
-        success = _task_success(robot)
+        success = task_success(robot)
         timing = {
             **stats.summary(),
             "stale_frames": live.stale,
@@ -376,13 +382,22 @@ class Recorder:
         return EpisodeResult(attempt, seed, name, frames, success, timing=timing, stopped=stopped)
 
 
-def _frame(obs: Observation, action: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def make_writer(store: EpisodeStore, kind: str = "process") -> _Writer:
+    """The episode writer asked for (the process writer where the OS has one)."""
+    if kind == "process" and process_writer_supported():
+        return ProcessEpisodeWriter(store)
+    return store.writer()
+
+
+def frame(obs: Observation, action: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One stored frame: the observation's values and the action in every representation."""
     out = dict(obs.values)
     out.update(action)
     return out
 
 
-def _task_success(robot: Robot) -> bool | None:
+def task_success(robot: Robot) -> bool | None:
+    """A simulated task's success check now (None for robots without one)."""
     task = getattr(robot, "task", None)
     check = getattr(task, "success", None)
     return bool(check()) if callable(check) else None

@@ -37,6 +37,9 @@ class PolicyConfig:
     """
 
     policy: ClassVar[str]  # "module:Class" of the policy this config builds
+    # how the deployment runtime executes chunks when runner.mode=auto (robolearn.runner):
+    # blend (receding horizon with a cross-fade at chunk switches) or ensemble (ACT's)
+    execution: ClassVar[str] = "blend"
 
     n_obs_steps: int = 2
     horizon: int = 16

@@ -37,6 +37,8 @@ def _act_vision() -> VisionConfig:
 @dataclasses.dataclass
 class ACTConfig(PolicyConfig):
     policy: ClassVar[str] = "robolearn.policies.act.model:ACTPolicy"
+    # how the deployment runtime executes its chunks by default (robolearn.runner)
+    execution: ClassVar[str] = "ensemble"
 
     n_obs_steps: int = 1
     horizon: int = 100  # the chunk size: 2 s at 50 Hz
