@@ -120,6 +120,11 @@ def run_episode(
     first = robot.observe()
     safety.start(first)
     runner.prime(first)
+    # a simulated robot in real time catches its physics up with the time the first prediction
+    # took now, not inside the first tick (which would then miss its deadline)
+    sync = getattr(robot.clock, "sync", None)
+    if callable(sync):
+        sync()
     ended: dict[str, str | None] = {"why": None}
     commands: list[np.ndarray] = []
     key = runner.action_key

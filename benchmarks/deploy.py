@@ -1,0 +1,243 @@
+"""The deployment runtime in real-time simulation: deadline misses, inference latency, action age,
+skipped actions and safety interventions; success in real time against lock-step.
+
+    .venv/bin/python benchmarks/deploy.py --checkpoint runs/demo/run_*/checkpoints/last
+    .venv/bin/python benchmarks/deploy.py --seconds 30 --episodes 5     # a quicker run
+
+Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on):
+
+- `act@50Hz`: ACT at ANCHORS.md's profile (ResNet-18, dim 512, 4+1 layers, chunk 100) reading
+  the state and a 96×96 camera, temporal ensembling, for `--seconds`;
+- `diffusion@10Hz`: diffusion policy at ANCHORS.md's profile (ResNet-18 GroupNorm + spatial
+  softmax, U-Net 256-512-1024, 10 DDIM steps) reading the same, blending, for `--seconds`;
+- `--checkpoint` (a trained policy, e.g. the demo's MLP): `--episodes` real-time episodes on
+  evaluation seeds against a lock-step evaluation of the same checkpoint on the same seeds.
+
+The ACT and diffusion cases use freshly initialised weights: they measure the runtime (timing,
+scheduling, the filter), not task success — no trained network of that size exists here (it
+takes a GPU to train one in reasonable time). Their actions are arbitrary, which exercises the
+safety filter: its interventions are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from robolearn.bench import update_docs_section  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "deploy.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+CAMERA = {"name": "top", "width": 96, "height": 96}
+
+
+def env(task: str, camera: bool) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from robolearn.config import compose
+    from robolearn.train_app import resolve_env
+
+    cfg = compose("record", [f"task={task}", "robot=sim_panda"])
+    robot = OmegaConf.to_container(cfg.robot, resolve=True)
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(robot, dict) and isinstance(task_cfg, dict)
+    robot.pop("task", None)
+    robot["cameras"] = [{"_target_": "sim.robot.CameraConfig", **CAMERA}] if camera else []
+    return resolve_env(robot, task_cfg)
+
+
+def timing_case(name: str, config: Any, rate: float, mode: str, seconds: float) -> dict[str, Any]:
+    import torch
+
+    from robolearn.deploy import SafeSource, connected, run_episode, summarize
+    from robolearn.evaluate import EVAL_SEED, make_sim_robot
+    from robolearn.policies import make_policy
+    from robolearn.runner import PolicyRunner, RunnerConfig
+    from robolearn.safety import SafetyFilter
+
+    torch.manual_seed(0)
+    e = env("pick_place", camera=True)
+    with make_sim_robot(e, ["top"], clock="realtime") as robot:
+        config.obs_keys = ["state", "top"]
+        config.action_keys = ["action.joint"]
+        policy = make_policy(config, robot.spec).eval()
+        runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)
+        safety = SafetyFilter(robot.spec, runner.action_key, rate, clock=robot.clock)
+        source = SafeSource(runner, safety)
+        outcomes = []
+        t0 = time.monotonic()
+        with connected(source):
+            ep = 0
+            while time.monotonic() - t0 < seconds:
+                left = seconds - (time.monotonic() - t0)
+                outcomes.append(
+                    run_episode(
+                        robot,
+                        source,
+                        rate,
+                        episode=ep,
+                        seed=EVAL_SEED + ep,
+                        max_seconds=min(20.0, max(left, 1.0)),
+                        stop_on_success=False,
+                    )
+                )
+                ep += 1
+    s = summarize(outcomes)
+    s.update(case=name, rate_hz=rate, mode=runner.mode, seconds=sum(o.seconds for o in outcomes))
+    s.pop("success_rate", None), s.pop("successes", None), s.pop("ci95", None)
+    print(json.dumps(s), flush=True)
+    return s
+
+
+def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from robolearn.deploy import SafeSource, connected, run_episode, summarize
+    from robolearn.evaluate import EVAL_SEED, evaluate, make_sim_robot
+    from robolearn.policies import Policy
+    from robolearn.runner import PolicyRunner, RunnerConfig
+    from robolearn.safety import SafetyFilter
+
+    run_dir = next(p for p in checkpoint.parents if (p / "config.yaml").is_file())
+    e = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").env)
+    assert isinstance(e, dict)
+    with tempfile.TemporaryDirectory() as tmp:
+        lock = evaluate(checkpoint, e, episodes=episodes, videos=0, out_dir=tmp)  # type: ignore[arg-type]
+    policy = Policy.load(checkpoint)
+    rate = float(e["task"]["config"]["control_hz"])
+    with make_sim_robot(e, policy.image_keys, clock="realtime") as robot:
+        runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)
+        safety = SafetyFilter(robot.spec, runner.action_key, rate, clock=robot.clock)
+        source = SafeSource(runner, safety)
+        with connected(source):
+            outcomes = [
+                run_episode(
+                    robot,
+                    source,
+                    rate,
+                    episode=i,
+                    seed=EVAL_SEED + i,
+                    max_seconds=float(e["task"]["config"]["max_seconds"]),
+                )
+                for i in range(episodes)
+            ]
+    s = summarize(outcomes)
+    s.update(
+        case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained) "
+        f"@{rate:g}Hz",
+        rate_hz=rate,
+        mode=runner.mode,
+        checkpoint=str(checkpoint),
+        seconds=sum(o.seconds for o in outcomes),
+        lockstep={
+            "episodes": lock.episodes,
+            "successes": lock.successes,
+            "success_rate": lock.success_rate,
+            "ci95": list(lock.ci95),
+        },
+    )
+    print(json.dumps(s), flush=True)
+    return s
+
+
+def table(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        "## Deployment runtime (real-time simulation)",
+        "",
+        f"Command: `{meta['command']}` · {meta['date']} · {meta['cores']} cores, no GPU, torch "
+        f"{meta['torch']} ({meta['threads']} inference threads). Simulated Panda, pick_place "
+        "scene, real-time clock, safety filter on. ACT and diffusion: ANCHORS.md's networks with "
+        "fresh weights (runtime figures only; their actions are arbitrary, so the filter works "
+        "hard). Deadline misses: ticks that ended after the next tick's deadline.",
+        "",
+        "| case | mode | run | ticks | deadline misses | inference p50 / p99 | action age p50 "
+        "| skipped actions | starved ticks | safety interventions | success real time | "
+        "success lock-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cases"]:
+        inf, age = c["inference_ms"], c["action_age_ms"]
+        inter = ", ".join(f"{k} {v}" for k, v in sorted(c["interventions"].items())) or "none"
+        rt = lk = "—"
+        if "lockstep" in c:
+            lo, hi = c["ci95"]
+            rt = f"{c['successes']}/{c['episodes']} = {c['success_rate']:.0%} ({lo:.0%}–{hi:.0%})"
+            L = c["lockstep"]
+            lk = (
+                f"{L['successes']}/{L['episodes']} = {L['success_rate']:.0%} "
+                f"({L['ci95'][0]:.0%}–{L['ci95'][1]:.0%})"
+            )
+        lines.append(
+            f"| {c['case']} | {c['mode']} | {c['seconds']:.0f} s, {c['episodes']} episodes | "
+            f"{c['ticks']} | **{c['overruns']}** | {inf['p50_median']:.1f} / "
+            f"{inf['p99_max']:.1f} ms | {age['p50_median']:.0f} ms | {c['skipped_actions']} | "
+            f"{c['starved_ticks']} | {inter} | {rt} | {lk} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120.0, help="per timing case")
+    ap.add_argument("--checkpoint", type=Path, help="a trained policy for the success case")
+    ap.add_argument("--episodes", type=int, default=20, help="success case: episodes each way")
+    ap.add_argument("--cases", default="act,diffusion,trained")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
+    args = ap.parse_args()
+    import torch
+
+    from robolearn.policies.act import ACTConfig
+    from robolearn.policies.diffusion import DiffusionConfig
+    from robolearn.policies.vision import VisionConfig
+
+    torch.set_num_threads(args.threads)
+    cases = args.cases.split(",")
+    results: dict[str, Any] = {"cases": []}
+    before = json.loads(RESULTS.read_text())["cases"] if RESULTS.exists() else []
+    if "act" in cases:
+        results["cases"].append(
+            timing_case("act@50Hz", ACTConfig(), 50.0, "ensemble", args.seconds)
+        )
+    if "diffusion" in cases:
+        vision = VisionConfig(norm="group", pooling="spatial_softmax", num_keypoints=32, crop=0.875)
+        results["cases"].append(
+            timing_case(
+                "diffusion@10Hz", DiffusionConfig(vision=vision), 10.0, "blend", args.seconds
+            )
+        )
+    if "trained" in cases and args.checkpoint is not None:
+        results["cases"].append(success_case(args.checkpoint, args.episodes, "blend"))
+    # cases not run now keep their earlier figures
+    names = {c["case"] for c in results["cases"]}
+    results["cases"] = [c for c in before if c["case"] not in names] + results["cases"]
+    results["cases"].sort(key=lambda c: c["case"])
+    results["meta"] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "command": "python benchmarks/deploy.py " + " ".join(sys.argv[1:]),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    md = table(results)
+    update_docs_section(DOCS, "deploy", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
