@@ -152,17 +152,17 @@ def _commit() -> str:
         return "?"
 
 
-def load() -> dict[str, Any]:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+def load(path: Path = RESULTS) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
     return {"cells": []}
 
 
-def save(results: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+def save(results: dict[str, Any], path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(path)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -212,9 +212,7 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
     ap.add_argument("--table-only", action="store_true", help="rebuild the docs table")
     args = ap.parse_args()
-    global RESULTS
-    RESULTS = args.results
-    results = load()
+    results = load(args.results)
     if not args.table_only:
         for budget in args.budget.split(","):
             for task in args.tasks.split(","):
@@ -228,7 +226,7 @@ def main() -> int:
                             if (c["policy"], c["task"], c["obs"], c["budget"], c.get("nets", "cpu"))
                             != key
                         ] + [cell]
-                        save(results)
+                        save(results, args.results)
                         update_docs_section(DOCS, "success", table(results))
                         print(json.dumps(cell), flush=True)
     update_docs_section(DOCS, "success", table(results))
