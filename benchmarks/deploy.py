@@ -1,7 +1,7 @@
 """The deployment runtime in real-time simulation: deadline misses, inference latency, action age,
 skipped actions and safety interventions; success in real time against lock-step.
 
-    .venv/bin/python benchmarks/deploy.py --checkpoint runs/demo/run_*/checkpoints/last
+    .venv/bin/python benchmarks/deploy.py --checkpoint runs/demo/run_*/checkpoints/last [more …]
     .venv/bin/python benchmarks/deploy.py --seconds 30 --episodes 5     # a quicker run
 
 Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on):
@@ -10,8 +10,10 @@ Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on)
   the state and a 96×96 camera, temporal ensembling, for `--seconds`;
 - `diffusion@10Hz`: diffusion policy at ANCHORS.md's profile (ResNet-18 GroupNorm + spatial
   softmax, U-Net 256-512-1024, 10 DDIM steps) reading the same, blending, for `--seconds`;
-- `--checkpoint` (a trained policy, e.g. the demo's MLP): `--episodes` real-time episodes on
-  evaluation seeds against a lock-step evaluation of the same checkpoint on the same seeds.
+- `--checkpoint A B …` (trained policies, e.g. the demo's MLP and benchmarks/success.py's
+  runs): `--episodes` real-time episodes on evaluation seeds, in the policy's own mode
+  (`runner.mode=auto`), against a lock-step evaluation of the same checkpoint on the same
+  seeds.
 
 The ACT and diffusion cases use freshly initialised weights: they measure the runtime (timing,
 scheduling, the filter), not task success — no trained network of that size exists here (it
@@ -134,8 +136,8 @@ def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
             ]
     s = summarize(outcomes)
     s.update(
-        case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained) "
-        f"@{rate:g}Hz",
+        case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained, "
+        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M) @{rate:g}Hz",
         rate_hz=rate,
         mode=runner.mode,
         checkpoint=str(checkpoint),
@@ -169,7 +171,10 @@ def table(results: dict[str, Any]) -> str:
     ]
     for c in results["cases"]:
         inf, age = c["inference_ms"], c["action_age_ms"]
-        inter = ", ".join(f"{k} {v}" for k, v in sorted(c["interventions"].items())) or "none"
+        if c.get("interventions") is None:
+            inter = "(not measured in this run)"
+        else:
+            inter = ", ".join(f"{k} {v}" for k, v in sorted(c["interventions"].items())) or "none"
         rt = lk = "—"
         if "lockstep" in c:
             lo, hi = c["ci95"]
@@ -191,7 +196,9 @@ def table(results: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120.0, help="per timing case")
-    ap.add_argument("--checkpoint", type=Path, help="a trained policy for the success case")
+    ap.add_argument(
+        "--checkpoint", type=Path, nargs="*", default=[], help="trained policies: success cases"
+    )
     ap.add_argument("--episodes", type=int, default=20, help="success case: episodes each way")
     ap.add_argument("--cases", default="act,diffusion,trained")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
@@ -217,8 +224,9 @@ def main() -> int:
                 "diffusion@10Hz", DiffusionConfig(vision=vision), 10.0, "blend", args.seconds
             )
         )
-    if "trained" in cases and args.checkpoint is not None:
-        results["cases"].append(success_case(args.checkpoint, args.episodes, "blend"))
+    if "trained" in cases:
+        for checkpoint in args.checkpoint:
+            results["cases"].append(success_case(checkpoint, args.episodes, "auto"))
     # cases not run now keep their earlier figures
     names = {c["case"] for c in results["cases"]}
     results["cases"] = [c for c in before if c["case"] not in names] + results["cases"]

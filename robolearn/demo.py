@@ -200,6 +200,12 @@ def _report(plan, dataset, run_dir, checkpoint, report, times, record_cmd, overr
         f"tensorboard --logdir {run_dir / 'tb'}",
         "```",
         "",
+        "Run the policy in real time (asynchronous inference, the safety filter on):",
+        "",
+        "```bash",
+        f"robolearn deploy checkpoint={run_dir} episodes=5",
+        "```",
+        "",
     ]
     return "\n".join(lines)
 

@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import queue
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,45 +66,65 @@ class ChunkExecutor:
     """Runs a policy synchronously with a receding horizon: predict a chunk, execute its
     `n_action_steps` actions from the current step, then predict again.
 
-    The observation history repeats the first frame of an episode until `n_obs_steps` frames
+    This is the deployment runtime's `sync` mode (`robolearn.runner.PolicyRunner`) counted in
+    ticks, so lock-step evaluation and `robolearn deploy` share one implementation. The
+    observation history repeats the first frame of an episode until `n_obs_steps` frames
     exist, as the training windows pad episode starts. A policy that predicts several action
     representations sends only `action_key` to the robot.
     """
 
     def __init__(self, policy: Any, action_key: str | None = None) -> None:
+        from robolearn.runner import PolicyRunner, RunnerConfig, RunnerError
+
+        try:
+            self.runner = PolicyRunner(
+                policy,
+                1.0,  # time is counted in ticks
+                RunnerConfig(mode="sync", inference="inline"),
+                clock=_TickClock(),
+                action_key=action_key,
+            )
+        except RunnerError as exc:
+            raise EvalError(str(exc)) from None
         self.policy = policy
-        keys = list(policy.action_keys)
-        if action_key is None:
-            # absolute joint targets are the safest to execute open-loop for several steps
-            action_key = "action.joint" if "action.joint" in keys else keys[0]
-        if action_key not in keys:
-            raise EvalError(f"the policy predicts {keys}; it cannot send {action_key!r}")
-        self.action_key = action_key
-        self.n_action_steps = int(policy.config.n_action_steps)
-        self.start = -int(policy.config.action_offset)  # the chunk index of the current step
-        self.history: deque[Mapping[str, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
-        self.queue: deque[np.ndarray] = deque()
-        self.inference_s: list[float] = []
+        self.action_key = self.runner.action_key
+        self._tick = 0
+
+    @property
+    def inference_s(self) -> list[float]:
+        return self.runner.stats.inference_s
+
+    @inference_s.setter
+    def inference_s(self, value: list[float]) -> None:
+        self.runner.stats.inference_s = value
 
     def reset(self) -> None:
-        self.history.clear()
-        self.queue.clear()
-        self.policy.reset()
+        self.runner.reset()
+        self._tick = 0
 
     def __call__(self, obs: Any) -> dict[str, np.ndarray]:
-        frame = {k: np.asarray(obs[k]) for k in self.policy.obs_keys}
-        if not self.history:
-            self.history.extend([frame] * self.history.maxlen)  # type: ignore[operator]
-        else:
-            self.history.append(frame)
-        if not self.queue:
-            window = {k: np.stack([f[k] for f in self.history])[None] for k in self.policy.obs_keys}
-            t0 = time.perf_counter()
-            chunk = self.policy.predict_chunk(window)[0].float().cpu().numpy()
-            self.inference_s.append(time.perf_counter() - t0)
-            self.queue.extend(chunk[self.start : self.start + self.n_action_steps])
-        action = self.policy.split_actions(self.queue.popleft())
-        return {self.action_key: action[self.action_key]}
+        from robolearn.hal import Observation
+
+        values = {k: np.asarray(obs[k]) for k in self.policy.obs_keys}
+        t = float(self._tick)
+        self._tick += 1
+        self.runner.begin_tick(t)
+        action = self.runner.read(Observation(values, dict.fromkeys(values, t)))
+        if action is None:
+            raise EvalError(
+                "the policy produced NaN or infinite actions; its weights or inputs are broken"
+            )
+        return action
+
+
+class _TickClock:
+    """A clock that never moves: ChunkExecutor gives the runner each tick's time itself."""
+
+    def now(self) -> float:
+        return 0.0
+
+    def sleep_until(self, t: float) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------- one episode

@@ -221,6 +221,7 @@ class PolicyRunner(Teleoperator):
         self._generation = 0
         self._fatal: BaseException | None = None
         self._deadline: float | None = None
+        self._warm = False
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
@@ -267,21 +268,23 @@ class PolicyRunner(Teleoperator):
     def prime(self, observation: Observation) -> None:
         """Predict the first chunk now (before the loop starts), so the first tick has actions.
 
-        The first call of a model is often slow (allocations, kernel selection); it is made
-        twice and the second result kept, which also gives a first latency figure.
+        The first call of a model is often slow (allocations, kernel selection): the runner's
+        first prime predicts twice and keeps the second result, which also gives a first
+        latency figure.
         """
         self._push(observation)
         window = self._window()
-        for _ in range(2 if not self.stats.inference_s else 1):
+        for _ in range(1 if self._warm else 2):
             t0 = time.perf_counter()
             actions = self._predict(window)
             latency = time.perf_counter() - t0
+        self._warm = True
         self.stats.inference_s.append(latency)
         now = self.clock.now()
         if actions is None:
             return
         chunk = self._chunk(self._next_seq(), self._obs_time(observation), actions, latency, now)
-        self._adopt(chunk, now)
+        self._adopt(chunk, now + self.config.robot_latency_s)
         self.history.clear()  # read() pushes the first tick's frame again
 
     # ------------------------------------------------------------------ the tick
@@ -393,9 +396,12 @@ class PolicyRunner(Teleoperator):
             if cur is None:
                 due = True
             else:
-                # the current chunk's window: n_exec actions from its observed step on
+                # the current chunk's window: n_exec actions from its observed step on. A
+                # threaded prediction is usable one tick after it was asked for at the earliest,
+                # an inline one at once: ask so that it arrives as the window runs out.
                 end = cur.due(self.start_index + self.n_exec, self.dt)
-                due = end - target <= self._expected_latency() + self.dt * 1.001
+                margin = self.dt if self.config.inference == "thread" else 0.0
+                due = end - target <= self._expected_latency() + margin + 1e-3 * self.dt
         if not due:
             return
         seq = self._next_seq()

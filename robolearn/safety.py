@@ -19,7 +19,8 @@ On by default in `robolearn deploy`. Every tick the command passes, in this orde
    holds and the run ends.
 
 "Hold" for joint targets is the last command sent (the first tick: the measured joints); for
-end-effector deltas a zero motion with the gripper as last commanded. Each intervention is
+end-effector deltas a zero motion with the gripper as last commanded. Before the first command
+of an end-effector episode, holding sends nothing (the robot keeps its own target). Each intervention is
 counted per kind (`counts`) and the first few of each are kept with their time and detail
 (`events`), for the log and the episode's metadata.
 """
@@ -157,20 +158,22 @@ class SafetyFilter:
 
     # ------------------------------------------------------------------ episodes
     def reset(self) -> None:
-        """A new episode: no command sent yet, the watchdog restarts (counts are kept)."""
+        """No command sent yet; the watchdog restarts (counts are kept until `start`)."""
         self.last: np.ndarray | None = None
         self.last_fresh = self.clock.now()
         self._tripped = False
 
     def start(self, observation: Observation) -> None:
-        """Take the robot's measured joints as the command to hold until the first action."""
+        """A new episode: its own counts and events; the robot's measured joints are the
+        command to hold until the first action."""
         self.reset()
+        self.counts = dict.fromkeys(KINDS, 0)
+        self.events = []
+        # (end-effector deltas, or a state in other units: nothing is known to hold, and until
+        # the first action a hold sends nothing, so the robot keeps its own target)
         state = observation.values.get("state")
         if not self.delta and state is not None and np.shape(state) == self.feature.shape:
             self.last = np.clip(np.asarray(state, dtype=np.float64), self.low, self.high)
-        elif self.delta:
-            last = np.zeros(self.feature.shape)
-            self.last = last
 
     def estop(self) -> None:
         if not self.estopped:

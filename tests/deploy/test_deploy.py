@@ -277,6 +277,11 @@ def test_robolearn_deploy_records_evaluation_episodes(reach_run: Path, tmp_path:
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["episodes"] == 2 and report["runner"]["mode"] == "ensemble"
+    # figures are per episode, and the summary adds them up
+    per_episode = [e["safety"]["interventions"] for e in report["episodes"]]
+    for kind, total in report["summary"]["interventions"].items():
+        assert total == sum(e.get(kind, 0) for e in per_episode)
+    assert report["summary"]["ticks"] == sum(e["ticks"] for e in report["episodes"])
     with EpisodeStore.open(store, "r") as s:
         assert s.num_episodes == 2
         info = s.episode(1)
@@ -309,3 +314,25 @@ def test_the_filter_rejects_configs_that_do_not_fit_the_robot(reach_run: Path) -
     policy, _ = load(reach_run)
     with pytest.raises(RunnerError, match="n_action_steps"):
         PolicyRunner(policy, 10, RunnerConfig(n_action_steps=999))
+
+
+def test_end_effector_steps_and_the_workspace_box(reach_run: Path) -> None:
+    _, env = load(reach_run)
+    box = [[0.3, -0.2, 0.05], [0.6, 0.2, 0.4]]
+    cfg = SafetyConfig(workspace=box, max_ee_speed=0.2, max_rot_speed=1.0)
+    with make_sim_robot(env, [], clock="lockstep") as robot:
+        filt = SafetyFilter(robot.spec, "action.ee", 10.0, cfg, clock=robot.clock)
+        obs = robot.observe()
+        filt.start(obs)
+        assert filt(None, obs) is None  # nothing known to hold yet: nothing is sent
+        for _ in range(40):  # push up and away, with a spin
+            sent = filt({"action.ee": [0.05, 0.0, 0.05, 0.0, 0.0, 0.5, 1.0]}, obs)
+            delta = sent["action.ee"]
+            assert np.abs(delta[:3]).max() <= 0.02 + 1e-6  # 0.2 m/s at 10 Hz
+            assert np.linalg.norm(delta[3:6]) <= 0.1 + 1e-6  # 1 rad/s
+            robot.act(sent)
+            robot.clock.sleep_until(robot.clock.now() + 0.1)
+            obs = robot.observe()
+        pos = np.asarray(obs["ee_pose"])[:3]
+    assert (pos <= np.array(box[1]) + 0.02).all(), pos
+    assert filt.counts["workspace"] > 0 and filt.counts["rate"] > 0
