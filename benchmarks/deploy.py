@@ -13,7 +13,7 @@ Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on)
 - `--checkpoint A B …` (trained policies, e.g. the demo's MLP and benchmarks/success.py's
   runs): `--episodes` real-time episodes on evaluation seeds, in the policy's own mode
   (`runner.mode=auto`), against a lock-step evaluation of the same checkpoint on the same
-  seeds.
+  seeds in the same mode (`robolearn eval mode=…`).
 
 The ACT and diffusion cases use freshly initialised weights: they measure the runtime (timing,
 scheduling, the filter), not task success — no trained network of that size exists here (it
@@ -114,9 +114,11 @@ def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
     run_dir = next(p for p in checkpoint.parents if (p / "config.yaml").is_file())
     e = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").env)
     assert isinstance(e, dict)
-    with tempfile.TemporaryDirectory() as tmp:
-        lock = evaluate(checkpoint, e, episodes=episodes, videos=0, out_dir=tmp)  # type: ignore[arg-type]
     policy = Policy.load(checkpoint)
+    if mode == "auto":
+        mode = getattr(policy.config, "execution", "blend")
+    with tempfile.TemporaryDirectory() as tmp:  # the same seeds and mode, in lock-step
+        lock = evaluate(checkpoint, e, episodes=episodes, videos=0, out_dir=tmp, mode=mode)  # type: ignore[arg-type]
     rate = float(e["task"]["config"]["control_hz"])
     with make_sim_robot(e, policy.image_keys, clock="realtime") as robot:
         runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)

@@ -86,7 +86,9 @@ def run_cell(
     run_dir = work / "runs" / f"{policy}_{task}_{obs}_{budget}_{time.strftime('%m%d-%H%M%S')}"
     cfg = compose(
         "train",
-        [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"],
+        [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"]
+        + ([f"train.steps={args.steps}"] if args.steps else [])
+        + ([f"train.batch_size={args.batch_size}"] if args.batch_size else []),
     )
     overrides = policy_overrides(policy)
     if args.nets == "full":
@@ -209,6 +211,8 @@ def main() -> int:
     ap.add_argument("--demos", type=int, default=200, help="demonstrations per store")
     ap.add_argument("--work", default="/tmp/robolearn_success", help="stores and runs")
     ap.add_argument("--nets", default="cpu", choices=["cpu", "full"], help="network sizes")
+    ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
+    ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
     ap.add_argument("--table-only", action="store_true", help="rebuild the docs table")
     args = ap.parse_args()

@@ -140,7 +140,14 @@ POLICY_OVERRIDES: dict[str, dict[str, object]] = {
     "flow": {"denoiser.down_dims": [32, 64, 128], "denoiser.time_embed_dim": 32},
     "diffusion": {"denoiser.down_dims": [32, 64, 128], "denoiser.time_embed_dim": 32},
     "mlp": {"hidden_dims": [256, 256, 256]},
-    "act": {"dim_model": 128, "dim_feedforward": 512, "n_encoder_layers": 2},
+    # ACT's chunk is 2 s (100 actions at 50 Hz); our tasks run at 10 Hz
+    "act": {
+        "dim_model": 128,
+        "dim_feedforward": 512,
+        "n_encoder_layers": 2,
+        "horizon": 20,
+        "n_action_steps": 10,
+    },
 }
 
 

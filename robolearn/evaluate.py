@@ -63,24 +63,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 # ---------------------------------------------------------------------- the executor
 class ChunkExecutor:
-    """Runs a policy synchronously with a receding horizon: predict a chunk, execute its
-    `n_action_steps` actions from the current step, then predict again.
+    """Runs a policy in lock-step: by default synchronously with a receding horizon (predict a
+    chunk, execute its `n_action_steps` actions from the current step, then predict again).
 
-    This is the deployment runtime's `sync` mode (`robolearn.runner.PolicyRunner`) counted in
-    ticks, so lock-step evaluation and `robolearn deploy` share one implementation. The
+    This is the deployment runtime (`robolearn.runner.PolicyRunner`) with inline inference and
+    time counted in ticks, so lock-step evaluation and `robolearn deploy` share one
+    implementation; `mode` is any of the runner's (sync, receding, blend, ensemble, auto). The
     observation history repeats the first frame of an episode until `n_obs_steps` frames
     exist, as the training windows pad episode starts. A policy that predicts several action
     representations sends only `action_key` to the robot.
     """
 
-    def __init__(self, policy: Any, action_key: str | None = None) -> None:
+    def __init__(self, policy: Any, action_key: str | None = None, mode: str = "sync") -> None:
         from robolearn.runner import PolicyRunner, RunnerConfig, RunnerError
 
         try:
             self.runner = PolicyRunner(
                 policy,
                 1.0,  # time is counted in ticks
-                RunnerConfig(mode="sync", inference="inline"),
+                RunnerConfig(mode=mode, inference="inline"),
                 clock=_TickClock(),
                 action_key=action_key,
             )
@@ -232,6 +233,7 @@ class EvalJob:
     action_key: str | None = None
     max_steps: int | None = None
     threads: int = 1
+    mode: str = "sync"
 
 
 def _worker(job: EvalJob, results: Any) -> None:
@@ -244,7 +246,7 @@ def _worker(job: EvalJob, results: Any) -> None:
         from sim.robot import CameraConfig
 
         policy = Policy.load(job.checkpoint, device=job.device)
-        executor = ChunkExecutor(policy, job.action_key)
+        executor = ChunkExecutor(policy, job.action_key, job.mode)
         video = CameraConfig(**VIDEO_CAMERA)
         with make_sim_robot(job.robot, policy.image_keys) as robot:
             for seed in job.seeds:
@@ -356,6 +358,7 @@ class EvalReport:
     seeds: list[int]
     videos: list[str]
     per_episode: list[dict[str, Any]]
+    mode: str = "sync"  # how chunks were executed (robolearn.runner)
 
     def summary(self) -> str:
         lo, hi = self.ci95
@@ -387,8 +390,14 @@ def evaluate(
     action_key: str | None = None,
     max_steps: int | None = None,
     progress: Callable[[EpisodeOutcome], None] | None = None,
+    mode: str = "sync",
 ) -> EvalReport:
-    """Roll out the policy saved in `checkpoint` for `episodes` seeds from `seed` on."""
+    """Roll out the policy saved in `checkpoint` for `episodes` seeds from `seed` on, executing
+    its chunks in `mode` (the deployment runtime's modes, robolearn.runner)."""
+    from robolearn.runner import MODES
+
+    if mode not in MODES:
+        raise EvalError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
     if episodes < 1:
         raise EvalError(f"episodes must be at least 1, got {episodes}")
     seeds = list(range(seed, seed + episodes))
@@ -408,6 +417,7 @@ def evaluate(
             action_key=action_key,
             max_steps=max_steps,
             threads=max(1, default_workers() // workers),
+            mode=mode,
         )
         for part in split_seeds(seeds, workers)
     ]
@@ -440,6 +450,7 @@ def evaluate(
             {k: v for k, v in dataclasses.asdict(o).items() if k != "inference_ms"}
             for o in outcomes
         ],
+        mode=mode,
     )
     report.write(out / "report.json")
     return report

@@ -59,6 +59,7 @@ groups:
 keys:
   checkpoint=RUN_DIR|POLICY_DIR  episodes=50  seed=100000  workers=N  videos=3  out=DIR
   device=cpu|cuda  action_key=action.joint  max_steps=N
+  mode=sync|receding|blend|ensemble|auto   (how chunks are executed; robolearn deploy's modes)
 """
 
 
@@ -280,6 +281,7 @@ class EvalSettings:
     device: str = "cpu"
     action_key: str | None = None
     max_steps: int | None = None
+    mode: str = "sync"
 
 
 def eval_main(argv: Sequence[str]) -> int:
@@ -378,6 +380,7 @@ def run_eval(cfg: DictConfig) -> int:
             action_key=s.action_key,
             max_steps=s.max_steps,
             progress=step,
+            mode=s.mode,
         )
     out_console.print(f"[bold]{report.summary()}[/]", highlight=False)
     out_console.print(

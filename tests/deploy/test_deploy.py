@@ -247,7 +247,8 @@ def test_blending_makes_chunk_boundaries_smoother(reach_run: Path) -> None:
 def test_real_time_success_is_within_the_lock_step_interval(reach_run: Path, tmp_path) -> None:
     checkpoint = find_checkpoint(reach_run, "last")
     policy, env = load(reach_run)
-    lock = evaluate(checkpoint, env, episodes=20, videos=0, out_dir=tmp_path / "eval")
+    lock = evaluate(checkpoint, env, episodes=20, videos=0, out_dir=tmp_path / "eval", mode="blend")
+    assert lock.mode == "blend"
     lo, hi = lock.ci95
     with make_sim_robot(env, [], clock="realtime") as robot:
         outcomes, _, _ = deploy(

@@ -14,7 +14,7 @@ from robolearn.cli import main
 from robolearn.config import ConfigError, compose
 from robolearn.data.stats import get_stats
 from robolearn.data.store import EpisodeStore
-from robolearn.evaluate import ChunkExecutor, EvalError, wilson_interval
+from robolearn.evaluate import ChunkExecutor, EvalError, evaluate, wilson_interval
 from robolearn.policies import make_policy
 from robolearn.policies.mlp import MLPConfig
 from robolearn.train_app import run_eval
@@ -176,3 +176,24 @@ def test_push_t_coverage_is_the_covered_fraction_of_the_goal() -> None:
         # half a unit sideways: the bar (4×1) keeps 3.5 of 4, the stem (1×3) keeps half
         place(c, t.block, np.array([t.goal[0] + t.shape.unit / 2, t.goal[1], 0.0125]), yaw=0.0)
         assert t.coverage() == pytest.approx((3.5 + 1.5) / 7, abs=0.01)
+
+
+def test_the_executor_runs_the_runtime_modes_in_lock_step(tmp_path: Path) -> None:
+    from robolearn.testing.toy import write_obstacle_store
+
+    path = tmp_path / "toy.zarr"
+    write_obstacle_store(path, episodes=4, seed=0)
+    with EpisodeStore.open(path) as store:
+        config = MLPConfig(hidden_dims=[16], n_obs_steps=2, horizon=6, n_action_steps=3)
+        policy = make_policy(config, store.spec, get_stats(store))
+        obs0 = {k: store.read(k, 0, 1)[0] for k in policy.obs_keys}
+    calls = {}
+    for mode in ("sync", "receding", "ensemble"):
+        ex = ChunkExecutor(policy, mode=mode)
+        for _ in range(9):
+            ex(obs0)
+        calls[mode] = len(ex.inference_s)
+    # sync and receding predict every n_action_steps ticks; ensembling predicts every tick
+    assert calls == {"sync": 3, "receding": 3, "ensemble": 9}
+    with pytest.raises(EvalError, match="mode='fast'"):
+        evaluate(tmp_path, {}, episodes=1, out_dir=tmp_path / "x", mode="fast")
