@@ -6,7 +6,7 @@
 
 Defaults: configs/deploy.yaml. Prints one line per episode, a summary (success with its 95%
 interval, inference latency, action age, skipped actions, safety interventions, deadline
-misses) and writes it all to report.json.
+misses), one JSON line per episode to deploy_log.jsonl as it ends, and all of it to report.json.
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ def run_deploy(cfg: DictConfig) -> int:
         if s.out
         else run_dir / "deploy" / (f"{task_name or 'robot'}_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     )
+    out.mkdir(parents=True, exist_ok=True)
     outcomes = []
     with robot:
         runner = PolicyRunner(policy, rate, s.runner, clock=robot.clock, action_key=s.action_key)
@@ -238,6 +239,9 @@ def run_deploy(cfg: DictConfig) -> int:
                 )
                 outcomes.append(outcome)
                 _print_episode(outcome)
+                # one line per episode as it ends: a crash later keeps the figures so far
+                with (out / "deploy_log.jsonl").open("a") as log:
+                    log.write(json.dumps(outcome.to_json()) + "\n")
                 if outcome.ended in ("estop", "quit"):
                     quit_all = True
                 if quit_all:
@@ -257,7 +261,6 @@ def run_deploy(cfg: DictConfig) -> int:
         "summary": summary,
         "episodes": [o.to_json() for o in outcomes],
     }
-    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_summary(summary)
     out_console.print(f"  report: {out / 'report.json'}", highlight=False)

@@ -277,6 +277,8 @@ def test_robolearn_deploy_records_evaluation_episodes(reach_run: Path, tmp_path:
     ]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
+    lines = [json.loads(x) for x in (out / "deploy_log.jsonl").read_text().splitlines()]
+    assert [x["episode"] for x in lines] == [0, 1]
     assert report["summary"]["episodes"] == 2 and report["runner"]["mode"] == "ensemble"
     # figures are per episode, and the summary adds them up
     per_episode = [e["safety"]["interventions"] for e in report["episodes"]]
