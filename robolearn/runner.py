@@ -43,6 +43,7 @@ Every tick's choice is kept in `trace` (time, chunk, index, due time) and summar
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from robolearn.errors import RobolearnError
 from robolearn.hal import Clock, Observation, Teleoperator, WallClock
 
 MODES = ("auto", "sync", "receding", "blend", "ensemble")
+SWITCH_INTERVAL_S = 5e-4  # the GIL switch interval while an inference thread runs
 
 
 class RunnerError(RobolearnError):
@@ -222,11 +224,17 @@ class PolicyRunner(Teleoperator):
         self._fatal: BaseException | None = None
         self._deadline: float | None = None
         self._warm = False
+        self._switch_interval = sys.getswitchinterval()
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self) -> None:
         if self.config.inference == "thread" and self._thread is None:
+            # The inference thread holds the GIL between torch's kernels; with Python's default
+            # 5 ms switch interval the control thread can wait that long for it when its tick
+            # is due. A 0.5 ms interval bounds that wait (restored on disconnect).
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
             self._stop = False
             self._thread = threading.Thread(
                 target=self._worker, name="robolearn-inference", daemon=True
@@ -242,6 +250,7 @@ class PolicyRunner(Teleoperator):
             self._cv.notify_all()
         thread.join(timeout=30)
         self._thread = None
+        sys.setswitchinterval(self._switch_interval)
 
     def reset(self, seed: int | None = None) -> None:
         """Forget the episode: history, chunks, statistics; a prediction in flight is dropped."""
