@@ -40,6 +40,7 @@ from robolearn.data.writer import EpisodeWriter
 from robolearn.errors import RobolearnError, SpecError
 from robolearn.hal import DeviceError, EpisodeEvent, Observation, Robot, SimRobot, Teleoperator
 from robolearn.loop import ControlLoop, LoopStats, Tick
+from robolearn.preview import Preview
 from robolearn.spec import FeatureSpec
 
 _Writer = EpisodeWriter | ProcessEpisodeWriter
@@ -172,7 +173,8 @@ class Recorder:
     `keys` is an optional source of operator events (a function returning the EpisodeEvents
     since the last call, e.g. terminal keys); `status` an optional callback that receives a
     dict of live figures about every 0.25 s (the CLI draws it as a status line); `log` prints
-    messages (overruns, saved episodes).
+    messages (overruns, saved episodes); `preview` an optional live camera view
+    (`robolearn.preview`) that gets every recorded tick.
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class Recorder:
         keys: Callable[[], list[EpisodeEvent]] | None = None,
         status: Callable[[dict[str, Any]], None] | None = None,
         log: Callable[[str], None] = print,
+        preview: Preview | None = None,
     ) -> None:
         config.check()
         self.robot = robot
@@ -192,6 +195,7 @@ class Recorder:
         self.keys = keys
         self.status = status
         self.log = log
+        self.preview = preview
         self.results: list[EpisodeResult] = []
         self._interrupt = StopSignals()
 
@@ -266,6 +270,10 @@ class Recorder:
             if result.stopped or result.outcome == "quit":
                 break
 
+    def _show(self, tick: Tick) -> None:
+        assert self.preview is not None
+        self.preview.publish(tick.observation, tick.action)
+
     def _events(self) -> list[EpisodeEvent]:
         events = list(self.teleop.events())
         if self.keys is not None:
@@ -294,7 +302,8 @@ class Recorder:
                 return started["go"] or self._quit or self._interrupt.signal is not None
 
             self._quit = False
-            ControlLoop(robot, self.teleop, cfg.fps, overrun=cfg.overrun).run(
+            sinks = [] if self.preview is None else [self._show]
+            ControlLoop(robot, self.teleop, cfg.fps, sinks=sinks, overrun=cfg.overrun).run(
                 duration=cfg.reset_time_s, stop=reset_stop
             )
             if self._quit:
@@ -328,6 +337,8 @@ class Recorder:
                 capture_times=tick.observation.capture_times,
             )
             live.tick(tick)
+            if self.preview is not None:
+                self._show(tick)
 
         def overrun(index: int, late: float) -> None:
             live.overrun(index, late)

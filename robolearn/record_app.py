@@ -18,6 +18,7 @@ from rich.text import Text
 
 from robolearn.config import ConfigError, build, choices, command_flags, compose, print_config
 from robolearn.hal import EpisodeEvent
+from robolearn.preview import PreviewConfig, WebPreview, make_preview
 from robolearn.record import RecordConfig, Recorder
 
 console = Console(stderr=True)
@@ -36,6 +37,7 @@ common keys:
   dataset=datasets/NAME.zarr  num_episodes=N  fps=HZ  episode_time_s=S  reset_time_s=S
   keep=all|success|auto  seed=N  overrun=skip|catch_up  on_interrupt=discard|save  writer=process|thread
   codecs.top=jpeg:90  robot.clock=realtime  robot.cameras=[]  keys=on|off  status=on|off
+  preview=none|web|rerun  preview_port=8765  preview_fps=10  preview_rerun=spawn|serve|FILE.rrd
 
 episode keys (in the terminal): {keys}
 """
@@ -112,10 +114,40 @@ def recording_attrs(cfg: DictConfig) -> dict[str, Any]:
     return {"robot": robot, "task": task}
 
 
+def preview_config(cfg: DictConfig) -> PreviewConfig:
+    """The live camera preview's settings (`preview=none|web|rerun` and its `preview_*` keys)."""
+    try:
+        return PreviewConfig(
+            kind=str(cfg.get("preview", "none")),
+            fps=float(cfg.get("preview_fps", 10)),
+            port=int(cfg.get("preview_port", 8765)),
+            host=str(cfg.get("preview_host", "127.0.0.1")),
+            rerun=str(cfg.get("preview_rerun", "spawn")),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"a preview_* setting is not a number: {e}") from None
+
+
+@contextlib.contextmanager
+def _preview(cfg: DictConfig, spec: Any) -> Iterator[Any]:
+    preview = make_preview(preview_config(cfg), spec)
+    if isinstance(preview, WebPreview):
+        console.print(
+            f"live cameras: [bold]{preview.url}[/] (over SSH: ssh -L "
+            f"{preview.server.server_address[1]}:localhost:{preview.server.server_address[1]} HOST)"
+        )
+    try:
+        yield preview
+    finally:
+        if preview is not None:
+            preview.close()
+
+
 def record(cfg: DictConfig) -> int:
     if cfg.keep not in ("auto", "all", "success"):
         raise ConfigError(f"keep={cfg.keep!r}: choose all, success or auto")
     record_config(cfg, "all")  # refuse bad values before any device is opened
+    preview_config(cfg).check()
     _switch(cfg, "keys"), _switch(cfg, "status")
     robot = make_robot(cfg)
     with robot, _keys(cfg) as (reader, keys, key_help):
@@ -136,7 +168,7 @@ def record(cfg: DictConfig) -> int:
             console.print(f"episode keys are off ({reader.reason}); Ctrl-C stops")
         elif keys is not None:
             console.print(f"keys: {key_help}")
-        with _status(cfg) as status:
+        with _status(cfg) as status, _preview(cfg, robot.spec) as preview:
             recorder = Recorder(
                 robot,
                 teleop,
@@ -144,6 +176,7 @@ def record(cfg: DictConfig) -> int:
                 keys=keys,
                 status=status,
                 log=lambda m: console.print(m, highlight=False),
+                preview=preview,
             )
             recorder.run()
     console.print(f"next: [bold]robolearn dataset info {config.dataset}[/]")

@@ -307,6 +307,8 @@ def test_record_command_builds_a_dataset_in_lock_step(tmp_path: Path) -> None:
         [
             *_record_cmd(path, "num_episodes=3", "episode_time_s=20", "robot.clock=lockstep"),
             "keep=auto",
+            "preview=web",
+            "preview_port=0",
         ],
         cwd=REPO,
         capture_output=True,
@@ -323,6 +325,11 @@ def test_record_command_builds_a_dataset_in_lock_step(tmp_path: Path) -> None:
         [*_record_cmd(path), "fps=abc"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "fps='abc' is not a number" in bad.stderr
+    assert "live cameras: http://127.0.0.1:" in done.stderr  # the preview page was served
+    bad = subprocess.run(
+        [*_record_cmd(path), "preview=window"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "preview='window': choose one of none, web, rerun" in bad.stderr
 
 
 def test_a_missing_device_fails_clearly_and_leaves_no_store(tmp_path: Path) -> None:
