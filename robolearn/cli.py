@@ -267,6 +267,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return deploy_main(args.overrides)
 
 
+# Commands whose own parser takes every argument after the name: "module:function(argv)".
+# They live with their devices in hardware/ and are imported only when run.
+PASSTHROUGH = {
+    "find-cameras": "hardware.cameras.find:main",
+    "calibrate": "hardware.calibrate:main",
+}
+
+
+def cmd_passthrough(args: argparse.Namespace) -> int:
+    import importlib
+
+    module, _, func = PASSTHROUGH[args.command].partition(":")
+    return int(getattr(importlib.import_module(module), func)(args.overrides) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robolearn",
@@ -319,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "find-cameras",
+        help="list the cameras OpenCV can open (size, fps, format); --save DIR keeps a frame each",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_passthrough)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate a real arm or leader arm with lerobot's flow (robot=so101 port=/dev/ttyACM0)",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_passthrough)
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -385,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if argv[:1] and argv[0] in hydra_commands:  # overrides (and --help/--cfg) go to the command
         args = argparse.Namespace(func=hydra_commands[argv[0]], overrides=argv[1:], verbose=False)
+    elif argv[:1] and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(
+            func=cmd_passthrough, command=argv[0], overrides=argv[1:], verbose=False
+        )
     else:
         args = parser.parse_args(argv)
     logging.basicConfig(

@@ -81,3 +81,13 @@ def test_verify_exits_1_on_damage(sample_store) -> None:
     chunk.write_bytes(b"garbage")
     out = run("dataset", "verify", str(path), ok=False)
     assert out.returncode == 1 and "action" in out.stdout and "cannot be read" in out.stdout
+
+
+def test_device_commands_run_from_the_robolearn_command(tmp_path: Path) -> None:
+    out = run("--help").stdout
+    assert "find-cameras" in out and "calibrate" in out
+    # no camera on a test machine: the command says so and how to check, and succeeds
+    found = run("find-cameras", "--max-index", "2")
+    assert "No cameras found" in found.stdout and "video" in found.stdout
+    bad = run("find-cameras", "--source", str(tmp_path / "none.mp4"), ok=False)
+    assert bad.returncode == 1 and "none.mp4" in bad.stdout + bad.stderr
