@@ -13,3 +13,13 @@ def weight_key(weight: torch.Tensor, samples: int = 8) -> tuple[object, ...]:
     flat = weight.detach().reshape(-1)
     step = max(1, flat.numel() // samples)
     return (weight._version, weight.data_ptr(), tuple(flat[::step][:samples].tolist()))
+
+
+def module_key(module: torch.nn.Module) -> tuple[object, ...]:
+    """What a derived copy of a whole module must be rebuilt on: the version counter and storage
+    of every parameter and buffer, and a value sample of its first and last parameters (the EMA
+    swaps every parameter through `.data` at once, which bumps no version counter)."""
+    params = list(module.parameters())
+    tensors = [*params, *module.buffers()]
+    ends = (weight_key(params[0]), weight_key(params[-1])) if params else ()
+    return (tuple((t._version, t.data_ptr()) for t in tensors), *ends)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from robolearn.errors import SpecError
-from robolearn.policies.cache import weight_key
+from robolearn.policies.cache import module_key, weight_key
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,55 @@ def resnet18_backbone(
             )
         log.info("loaded ResNet-18 weights from %s", path)
     return use_matmul_convs(nn.Sequential(*list(net.children())[:-2]))
+
+
+def fold_batchnorm(backbone: nn.Module) -> nn.Module:
+    """An inference copy of a ResNet backbone with each BatchNorm folded into the convolution
+    that feeds it (conv1→bn1 and conv2→bn2 in every block, the stem, the downsample paths).
+
+    In eval mode a BatchNorm is a per-channel affine map with fixed running statistics, so it
+    can be multiplied into the convolution's weights and bias: the same output, one pass over
+    the feature map fewer. Pairs are found by ResNet's layout (a conv registered right before
+    its BatchNorm in the same parent module).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net = copy.deepcopy(backbone).eval()
+    for parent in net.modules():
+        names = list(parent._modules)
+        for a, b in itertools.pairwise(names):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                if bn.running_mean is None or bn.running_var is None:
+                    continue  # a BatchNorm without running statistics normalises per batch
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = nn.Identity()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class InferenceBackbone:
+    """The backbone to run at inference: a BatchNorm-folded copy, rebuilt when weights change.
+
+    Training, autograd and GroupNorm backbones use the module itself. The copy is kept outside
+    the module tree, so it is neither saved nor trained.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._net: nn.Module | None = None
+
+    def __call__(self, backbone: nn.Module) -> nn.Module:
+        if backbone.training or torch.is_grad_enabled():
+            return backbone
+        if not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()):
+            return backbone
+        key = module_key(backbone)
+        if self._net is None or key != self._key:
+            with torch.inference_mode(False):  # real tensors: their caches key on versions
+                self._net, self._key = fold_batchnorm(backbone), key
+        return self._net
 
 
 class SpatialSoftmax(nn.Module):

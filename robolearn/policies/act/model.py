@@ -20,8 +20,11 @@ from torch import nn
 from robolearn.data.stats import KeyStats
 from robolearn.errors import SpecError
 from robolearn.policies.base import Policy, PolicyConfig, masked_mean
+from robolearn.policies.cache import module_key
+from robolearn.policies.cache import weight_key as weight_key_of
 from robolearn.policies.vision import (
     ImageAugment,
+    InferenceBackbone,
     VisionConfig,
     crop_size,
     resnet18_backbone,
@@ -156,6 +159,9 @@ class ACTPolicy(Policy):
         self.head = nn.Linear(d, self.action_dim)
         for p in (self.pos_1d, self.queries):
             nn.init.normal_(p, std=0.02)
+        # inference-only derived weights, outside the module tree (never saved or trained)
+        self.__dict__["_infer_backbone"] = InferenceBackbone()
+        self.__dict__["_query_cache"] = (None, None)
 
     # ------------------------------------------------------------------ parts
     def _tokens(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -170,7 +176,8 @@ class ACTPolicy(Policy):
             for i, key in enumerate(self.image_keys):
                 x = obs[key][:, -1].permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
                 x = self.normalizer.image(key, self.augment[i](x))
-                feats = self.image_proj(self.backbone(x))  # (B, d, h, w)
+                backbone = self._infer_backbone(self.backbone)  # BatchNorm folded at inference
+                feats = self.image_proj(backbone(x))  # (B, d, h, w)
                 pos = getattr(self, f"image_pos_{i}")
                 images.append(feats.flatten(2).transpose(1, 2) + pos)
             out = torch.cat([out, *images], 1)
@@ -178,8 +185,48 @@ class ACTPolicy(Policy):
 
     def _decode(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         memory = self.encoder(self._tokens(obs, z))
+        if not (self.training or torch.is_grad_enabled()):
+            return self.head(self._decode_inference(memory))
         queries = self.queries.expand(z.shape[0], -1, -1)
         return self.head(self.decoder(queries, memory))  # (B, H, A)
+
+    def _query_side(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the first decoder layer computes from the queries alone: its self-attention
+        block's output x1 (1, H, d) and x1's cross-attention query projection (1, H, d).
+
+        The queries are parameters, so at inference this part does not depend on the
+        observation; it is computed once per set of weights (a seventh of ACT's FLOPs)."""
+        layer = self.decoder.layers[0]
+        key = (*module_key(layer), weight_key_of(self.queries))
+        cached_key, cached = self._query_cache
+        if cached is None or cached_key != key:
+            q = self.queries
+            x1 = layer.norm1(q + layer._sa_block(q, None, None))
+            d = x1.shape[-1]
+            w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+            cached = (x1, F.linear(x1, w[:d], None if b is None else b[:d]))
+            self.__dict__["_query_cache"] = (key, cached)
+        return cached
+
+    def _decode_inference(self, memory: torch.Tensor) -> torch.Tensor:
+        """The decoder at inference: the same function as `self.decoder(queries, memory)` (post-
+        norm layers, dropout off), with the first layer's query-only part taken from the cache."""
+        layer = self.decoder.layers[0]
+        mha = layer.multihead_attn
+        x1, q = self._query_side()
+        b, n, d = memory.shape
+        heads = mha.num_heads
+        w, bias = mha.in_proj_weight, mha.in_proj_bias
+        kv = F.linear(memory, w[d:], None if bias is None else bias[d:])  # (B, N, 2d)
+        k, v = kv.view(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, heads, N, d_h)
+        qh = q.view(1, -1, heads, d // heads).transpose(1, 2).expand(b, -1, -1, -1)
+        att = F.scaled_dot_product_attention(qh, k, v)  # (B, heads, H, d_h)
+        att = mha.out_proj(att.transpose(1, 2).reshape(b, -1, d))
+        x = layer.norm2(x1 + att)
+        x = layer.norm3(x + layer._ff_block(x))
+        for later in self.decoder.layers[1:]:
+            x = later(x, memory)
+        return x if self.decoder.norm is None else self.decoder.norm(x)
 
     def _posterior(
         self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, is_pad: torch.Tensor
