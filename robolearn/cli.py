@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    from robolearn.data.interop.cli import add_parsers as add_interop_parsers
+
+    add_interop_parsers(dsub)  # dataset import / export (lerobot and h5py load when one runs)
 
     p = dsub.add_parser(
         "info", help="episodes, frames, measured rate, dropped frames, sizes, statistics"

@@ -25,7 +25,7 @@ def test_help_lists_the_subcommands() -> None:
     out = run("--help").stdout
     assert "demo" in out and "dataset" in out
     sub = run("dataset", "--help").stdout
-    for action in ("info", "merge", "filter", "verify", "export-video", "plot", "stats"):
+    for action in ("info", "merge", "filter", "verify", "export-video", "plot", "stats", "import"):
         assert action in sub
 
 
