@@ -272,6 +272,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 PASSTHROUGH = {
     "find-cameras": "hardware.cameras.find:main",
     "calibrate": "hardware.calibrate:main",
+    "emulate": "hardware.emulator.__main__:main",
 }
 
 
@@ -346,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "calibrate",
         help="calibrate a real arm or leader arm with lerobot's flow (robot=so101 port=/dev/ttyACM0)",
+        add_help=False,
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_passthrough)
+
+    p = sub.add_parser(
+        "emulate",
+        help="emulated servo buses (so101 | koch) on pseudo-terminals, to try robolearn with no arm",
         add_help=False,
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER)
