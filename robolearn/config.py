@@ -81,6 +81,12 @@ def build(node: DictConfig, what: str, **available: Any) -> Any:
             ) from exc
     extra = {k: v for k, v in available.items() if k in params and k not in node}
     try:
-        return instantiate(node, **extra)
+        # A partial, then the call: objects in `extra` (a robot, a FeatureSpec) reach the
+        # constructor as they are; passed to instantiate() they would become config nodes.
+        factory = instantiate(node, _partial_=True)
     except InstantiationException as exc:
+        raise ConfigError(f"cannot build the {what} from its config: {exc}") from exc
+    try:
+        return factory(**extra)
+    except TypeError as exc:
         raise ConfigError(f"cannot build the {what} from its config: {exc}") from exc

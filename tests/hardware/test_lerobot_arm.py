@@ -1,0 +1,586 @@
+"""lerobot arms behind the HAL, on the real path: lerobot's driver → a pty → emulated STS3215 servos."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lerobot.motors.feetech", reason="needs lerobot with the feetech extra")
+pytest.importorskip("scservo_sdk", reason="needs the Feetech SDK (lerobot's feetech extra)")
+
+from hardware.emulator.feetech import (
+    FeetechBusEmulator,
+    so101_motors,
+    write_so101_calibration,
+)
+from hardware.lerobot_arm import (
+    JOINT_KEY,
+    CalibrationError,
+    LeRobotArm,
+    LeRobotConfigError,
+    LeRobotTeleop,
+)
+from robolearn.data.store import EpisodeStore
+from robolearn.data.tools import verify_store
+from robolearn.hal import DeviceError
+from robolearn.record import RecordConfig, Recorder, RecordError
+from robolearn.testing.conformance import RobotConformance
+
+MOTORS = list(so101_motors())
+NAMES = [f"{m}.pos" for m in MOTORS]
+MID = 2047.5  # the middle of a factory calibration's range (0..4095): 0 degrees
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def degrees(raw: float) -> float:
+    """A raw STS3215 position as lerobot's use_degrees=True reads it (factory calibration)."""
+    return (raw - MID) * 360.0 / 4095
+
+
+def raw(deg: float) -> int:
+    return round(deg * 4095 / 360.0 + MID)
+
+
+@pytest.fixture
+def follower() -> Iterator[FeetechBusEmulator]:
+    with FeetechBusEmulator(so101_motors(), seed=0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def leader() -> Iterator[FeetechBusEmulator]:
+    with FeetechBusEmulator(so101_motors(), seed=1) as emu:
+        yield emu
+
+
+def make_arm(emu: FeetechBusEmulator, cal_dir: Path, **kwargs: Any) -> LeRobotArm:
+    write_so101_calibration(cal_dir, "follower", emu)
+    kwargs.setdefault("max_relative_target", 20.0)
+    return LeRobotArm(
+        "so101_follower", port=emu.port, id="follower", calibration_dir=str(cal_dir), **kwargs
+    )
+
+
+def make_leader(emu: FeetechBusEmulator, cal_dir: Path, **kwargs: Any) -> LeRobotTeleop:
+    write_so101_calibration(cal_dir, "leader", emu)
+    return LeRobotTeleop(
+        "so101_leader", port=emu.port, id="leader", calibration_dir=str(cal_dir), **kwargs
+    )
+
+
+class TestEmulatedSO101(RobotConformance):
+    @pytest.fixture
+    def robot(self, follower: FeetechBusEmulator, tmp_path: Path) -> Iterator[LeRobotArm]:
+        with make_arm(follower, tmp_path / "cal") as arm:
+            yield arm
+
+
+def from_config(group: str, name: str, available: Any = None, **fields: Any) -> Any:
+    """A device as `robolearn record` builds it: configs/<group>/<name>.yaml with overrides
+    (and, for a teleoperator, the robot and its spec, which the recorder offers)."""
+    from omegaconf import OmegaConf
+
+    from robolearn.config import CONF_DIR, build
+
+    node = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), fields)
+    return build(node, group, **(available or {}))
+
+
+class TestEmulatedKoch(RobotConformance):
+    """The Koch follower from configs/robot/koch.yaml, on emulated Dynamixel servos."""
+
+    @pytest.fixture
+    def robot(self, tmp_path: Path) -> Iterator[LeRobotArm]:
+        dxl = pytest.importorskip("hardware.emulator.dynamixel")
+        pytest.importorskip("dynamixel_sdk", reason="needs lerobot's dynamixel extra")
+        models = dxl.koch_follower_models()
+        with dxl.DynamixelBusEmulator(dxl.koch_motors(), models=models, seed=0) as emu:
+            dxl.write_koch_calibration(tmp_path, "koch", emu)
+            arm = from_config(
+                "robot", "koch", port=emu.port, id="koch", calibration_dir=str(tmp_path)
+            )
+            assert arm.units == {**{n: "deg" for n in NAMES[:-1]}, "gripper.pos": "0..100"}
+            with arm:
+                yield arm
+
+
+def test_the_configs_build_arms_with_the_safety_defaults(tmp_path: Path) -> None:
+    for name, kind in (
+        ("so101", "so101_follower"),
+        ("so100", "so100_follower"),
+        ("koch", "koch_follower"),
+    ):
+        arm = from_config("robot", name, port="/dev/null", calibration_dir=str(tmp_path))
+        assert isinstance(arm, LeRobotArm) and arm.type == kind
+        cfg = arm.lerobot.config
+        assert cfg.max_relative_target == 10.0 and cfg.disable_torque_on_disconnect, name
+        assert cfg.use_degrees and arm.spec[JOINT_KEY].names == tuple(NAMES), name
+        assert arm.stop.torque == "hold" and arm.retry.tries >= 2, name
+    leader = from_config("teleop", "so101_leader", port="/dev/null", calibration_dir=str(tmp_path))
+    assert isinstance(leader, LeRobotTeleop) and leader.names == NAMES
+    # as robolearn record offers them (hydra hands the spec over as a config node)
+    from sim.robot import PyBulletRobot
+
+    panda = PyBulletRobot(arm="panda")
+    with pytest.raises(Exception, match="same joints"):
+        from_config("teleop", "so101_leader", {"robot": panda, "spec": panda.spec}, port="x")
+    with pytest.raises(Exception, match="same joints"):
+        from_config("teleop", "so101_leader", {"spec": panda.spec}, port="x")
+
+
+# ---------------------------------------------------------------------- spec and units
+def test_the_real_so101_spec_matches_the_simulated_one(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    from sim.arms import SO101
+    from sim.robot import PyBulletRobot
+
+    sim = PyBulletRobot(arm="so101").spec  # the spec needs no connection
+    arm = make_arm(follower, tmp_path / "cal")
+    real = arm.spec
+    for key in ("state", JOINT_KEY):
+        assert real[key].shape == sim[key].shape, key
+        assert real[key].names == sim[key].names == tuple(NAMES), key
+        assert real[key].dtype == sim[key].dtype and real[key].kind == sim[key].kind, key
+    assert real[JOINT_KEY].representation == sim[JOINT_KEY].representation == "joint_position"
+    # a policy trained in simulation fits the real arm (and a real dataset the simulated arm)
+    sim.check_fits(real, keys=["state", JOINT_KEY], what="the sim SO-101", other_what="the real")
+    real.check_fits(sim, keys=["state", JOINT_KEY], what="the real SO-101", other_what="the sim")
+    # same units: degrees for the body, 0..100 for the gripper, as the sim arm
+    assert SO101.units == "deg" and SO101.gripper_range == (0.0, 100.0)
+    assert arm.units == {**{n: "deg" for n in NAMES[:-1]}, "gripper.pos": "0..100"}
+    low, high = np.array(real[JOINT_KEY].low), np.array(real[JOINT_KEY].high)
+    assert (low[-1], high[-1]) == (0.0, 100.0)
+    np.testing.assert_allclose(high[:-1], 180.0, atol=0.1)  # the calibrated range: a full turn
+    # and the values really are degrees: a joint a quarter turn past the middle reads +90
+    with arm:
+        follower.set_position("elbow_flex", raw(90.0))
+        state = arm.observe()["state"]
+    assert state[NAMES.index("elbow_flex.pos")] == pytest.approx(90.0, abs=0.2)
+
+
+def test_cameras_in_the_config_become_image_features(tmp_path: Path) -> None:
+    cameras = {
+        "front": {"type": "opencv", "index_or_path": 0, "width": 64, "height": 48, "fps": 30}
+    }
+    arm = LeRobotArm("so101_follower", port="/dev/null", cameras=cameras)  # nothing opened yet
+    assert arm.spec.image_keys == ["front"]
+    assert arm.spec["front"].shape == (48, 64, 3) and arm.spec["front"].dtype == "uint8"
+    assert list(arm.spec) == ["state", "front", JOINT_KEY]
+
+
+def test_capture_time_is_taken_around_the_bus_read(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    with make_arm(follower, tmp_path / "cal") as arm:
+        follower.faults.delay_s = 0.004  # every status packet comes 4 ms late: 24 ms a read
+        before = time.monotonic()
+        obs = arm.observe()
+        after = time.monotonic()
+        follower.faults.delay_s = 0.0
+    t = obs.capture_times["state"]
+    assert before < t < after
+    # the read took at least one delayed status packet; the capture lies within it
+    assert after - before >= 0.024 and after - t >= 0.008
+
+
+# ---------------------------------------------------------------------- calibration
+def test_an_uncalibrated_arm_says_how_to_calibrate_it(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    arm = LeRobotArm(
+        "so101_follower", port=follower.port, id="nobody", calibration_dir=str(tmp_path)
+    )
+    with pytest.raises(
+        CalibrationError, match=rf"robolearn calibrate robot=so101 port={follower.port}"
+    ):
+        arm.connect()
+    assert not arm.is_connected
+    assert not arm.lerobot.bus.is_connected  # the port was closed again
+
+
+def test_a_calibration_file_the_motors_do_not_hold_is_written_or_refused(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    path = write_so101_calibration(tmp_path, "follower", follower)
+    cal = json.loads(path.read_text())
+    cal["wrist_flex"]["range_min"], cal["wrist_flex"]["range_max"] = 1000, 3000
+    path.write_text(json.dumps(cal))
+    strict = LeRobotArm(
+        "so101_follower",
+        port=follower.port,
+        id="follower",
+        calibration_dir=str(tmp_path),
+        write_calibration=False,
+    )
+    with pytest.raises(CalibrationError, match="another calibration"):
+        strict.connect()
+    arm = LeRobotArm(
+        "so101_follower", port=follower.port, id="follower", calibration_dir=str(tmp_path)
+    )
+    with arm:
+        held = follower.calibration()["wrist_flex"]
+        assert (held.range_min, held.range_max) == (1000, 3000)
+        wrist = arm.spec[JOINT_KEY].high[NAMES.index("wrist_flex.pos")]
+        assert wrist == pytest.approx(1000 * 360 / 4095, abs=0.1)  # limits follow the file
+
+
+def test_bad_configs_are_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(LeRobotConfigError, match="no robot type 'so102_follower'"):
+        LeRobotArm("so102_follower", port="/dev/null")
+    with pytest.raises(LeRobotConfigError, match=r"needs port=\.\.\..*lerobot-find-port"):
+        LeRobotArm("so101_follower")
+    with pytest.raises(LeRobotConfigError, match=r"no config field\(s\) \['baud'\]"):
+        LeRobotArm("so101_follower", port="/dev/null", baud=9600)
+    with pytest.raises(LeRobotConfigError, match=r"stop\.torque"):
+        LeRobotArm("so101_follower", port="/dev/null", stop={"torque": "drop"})
+    from sim.robot import PyBulletRobot
+
+    panda = PyBulletRobot(arm="panda").spec
+    with pytest.raises(LeRobotConfigError, match="same joints"):
+        LeRobotTeleop("so101_leader", port="/dev/null", spec=panda)
+
+
+def test_a_port_without_an_arm_is_a_device_error_naming_the_port(tmp_path: Path) -> None:
+    arm = LeRobotArm("so101_follower", port=str(tmp_path / "ttyACM9"), id="x")
+    with pytest.raises(DeviceError, match=r"ttyACM9.*lerobot-find-port"):
+        arm.connect()
+
+
+# ---------------------------------------------------------------------- recording
+class Mover:
+    """A person at the leader arm: its joints follow slow sines while the test runs."""
+
+    def __init__(self, emu: FeetechBusEmulator, amplitude_deg: float = 25.0) -> None:
+        self.emu = emu
+        self.start = emu.positions()
+        self.amplitude = amplitude_deg * 4095 / 360
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(0.01):
+            t = time.monotonic() - t0
+            for i, (name, pos) in enumerate(self.start.items()):
+                target = pos + self.amplitude * np.sin(2 * np.pi * 0.6 * t + i)
+                self.emu.set_position(name, int(np.clip(round(target), 0, 4095)))
+
+    def __enter__(self) -> Mover:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def record(
+    arm: LeRobotArm, teleop: LeRobotTeleop, path: Path, log: Any = quiet, **kwargs: Any
+) -> tuple[Recorder, list[Any]]:
+    cfg = RecordConfig(path, fps=30, writer="thread", **kwargs)
+    recorder = Recorder(arm, teleop, cfg, log=log)
+    return recorder, recorder.run()
+
+
+def test_a_leader_arm_drives_the_follower_into_a_zarr_store(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "so101.zarr"
+    arm = make_arm(follower, tmp_path / "cal")
+    with arm, Mover(leader):
+        teleop = make_leader(leader, tmp_path / "cal", spec=arm.spec)
+        _, results = record(arm, teleop, path, num_episodes=3, episode_time_s=0.7)
+    assert [r.outcome for r in results] == ["saved"] * 3
+    assert verify_store(path).ok
+    with EpisodeStore.open(path, "r") as store:
+        assert store.num_episodes == 3 and store.fps == 30
+        assert set(store.spec) == {"state", JOINT_KEY}
+        for e in range(3):
+            lo, hi = store.bounds(e)
+            state, action = store.read("state", lo, hi), store.read(JOINT_KEY, lo, hi)
+            assert hi - lo >= 10
+            moving = np.ptp(action[:, :-1], axis=0) > 5.0  # the leader's joints moved (deg)
+            assert moving.all(), np.ptp(action, axis=0)
+            # the follower follows: its measured joints are the commands of a tick or a few
+            # before (the servos lag; a loaded machine skips ticks)
+            lag = min(
+                float(np.median(np.abs(state[k:, :-1] - action[:-k, :-1]))) for k in (1, 2, 3, 4)
+            )
+            assert lag < 4.0, lag
+            for j in range(5):
+                best = max(np.corrcoef(state[k:, j], action[:-k, j])[0, 1] for k in (1, 2, 3, 4))
+                assert best > 0.9, (j, best)
+            times = store.read("timestamp", lo, hi)
+            assert np.all(np.diff(times) > 0)
+    # the recording ended with a safe stop: the arm holds where it was
+    assert arm.stops and "holds its position" in arm.stops[-1]
+
+
+def test_lost_and_corrupted_packets_are_retried_and_the_recording_goes_on(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "noisy.zarr"
+    # lerobot's own immediate retries off: every failed exchange reaches robolearn's retries
+    retry = {"tries": 8, "backoff_s": 0.001}
+    arm = make_arm(follower, tmp_path / "cal", num_read_retries=0, retry=retry)
+    with arm, Mover(leader):
+        teleop = make_leader(
+            leader, tmp_path / "cal", num_read_retries=0, retry=retry, spec=arm.spec
+        )
+        teleop.connect()  # setting the motors up takes dozens of unretried writes: no noise yet
+        for emu in (follower, leader):
+            emu.faults.lost, emu.faults.corrupt = 0.03, 0.03
+        _, results = record(arm, teleop, path, num_episodes=2, episode_time_s=0.6)
+        for emu in (follower, leader):
+            emu.faults.lost = emu.faults.corrupt = 0.0
+    assert [r.outcome for r in results] == ["saved"] * 2
+    assert follower.stats.dropped > 0 and follower.stats.corrupted > 0
+    assert arm.retries > 0 and teleop.retries > 0
+    assert verify_store(path).ok
+
+
+def test_a_bus_that_fails_mid_episode_discards_only_that_episode_and_stops_safely(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "cut.zarr"
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("saved episode 1"):  # pull the cable during the third episode
+            threading.Timer(0.2, follower.disconnect).start()
+
+    arm = make_arm(
+        follower, tmp_path / "cal", num_read_retries=0, retry={"tries": 2, "backoff_s": 0.001}
+    )
+    with arm, Mover(leader):
+        teleop = make_leader(leader, tmp_path / "cal", spec=arm.spec)
+        with pytest.raises(RecordError, match="episode 2 discarded") as info:
+            record(arm, teleop, path, log=log, num_episodes=5, episode_time_s=0.5)
+        error = info.value.__cause__
+        assert isinstance(error, DeviceError)
+        assert follower.port in str(error) and "no motor answers" in str(error)
+        # the safe stop was tried and says what it could not do
+        assert arm.stops and "servos keep their last target" in arm.stops[-1]
+        assert all(follower.register(m, "Torque_Enable") == 1 for m in MOTORS)  # still holding
+        with EpisodeStore.open(path, "r") as store:
+            assert store.num_episodes == 2
+        assert verify_store(path).ok
+        # the cable is back: a safe stop holds the arm where it is
+        follower.reconnect()
+        arm.hold()
+        assert "holds its position with the torque on" in arm.stops[-1]
+        before = follower.positions()
+        time.sleep(0.2)
+        after = follower.positions()
+        assert all(abs(after[m] - before[m]) <= 2 for m in MOTORS), (before, after)
+    # disconnecting switched the torque off (lerobot's disable_torque_on_disconnect)
+    assert all(follower.register(m, "Torque_Enable") == 0 for m in MOTORS)
+
+
+def test_a_motor_that_stops_answering_is_named(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    with make_arm(follower, tmp_path / "cal", retry={"tries": 2, "backoff_s": 0.001}) as arm:
+        arm.observe()
+        follower.set_register("wrist_flex", "ID", 20)  # as good as a broken cable to it
+        with pytest.raises(DeviceError) as info:
+            arm.observe()
+        follower.set_register("wrist_flex", "ID", 4)
+    message = str(info.value)
+    assert "failed to read the joints after 2 tries" in message
+    assert f"motor 'wrist_flex' (id 4) does not answer on {follower.port}" in message
+
+
+def test_the_release_policy_switches_the_torque_off_after_a_safe_stop(
+    follower: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    arm = make_arm(follower, tmp_path / "cal", stop={"torque": "release", "release_after_s": 0.05})
+    with arm:
+        arm.hold()
+        assert "torque goes off in 0.05 s" in arm.stops[-1]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(
+            follower.register(m, "Torque_Enable") for m in MOTORS
+        ):
+            time.sleep(0.02)
+        assert all(follower.register(m, "Torque_Enable") == 0 for m in MOTORS)
+        # a new command powers the arm again and moves it
+        target = arm.observe()["state"].astype(np.float64)
+        target[0] += 5.0
+        arm.act({JOINT_KEY: target})
+        assert all(follower.register(m, "Torque_Enable") == 1 for m in MOTORS)
+        time.sleep(0.3)
+        assert arm.observe()["state"][0] == pytest.approx(target[0], abs=1.0)
+
+
+def test_max_relative_target_caps_each_tick_and_act_returns_what_was_sent(
+    follower: FeetechBusEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hardware import lerobot_arm
+
+    monkeypatch.setattr(lerobot_arm._CAP_WARNINGS, "count", 0)
+    with make_arm(follower, tmp_path / "cal", max_relative_target=5.0) as arm:
+        here = arm.observe()["state"].astype(np.float64)
+        far = here.copy()
+        far[0] += 60.0
+        sent = arm.act({JOINT_KEY: far})[JOINT_KEY]
+        assert sent[0] == pytest.approx(here[0] + 5.0, abs=0.3)
+        np.testing.assert_allclose(sent[1:], here[1:], atol=0.3)
+        for _ in range(3):
+            arm.act({JOINT_KEY: far})
+    # lerobot warns at every capped tick; the log keeps the first (and every 100th)
+    capped = [r for r in caplog.records if "max_relative_target capped" in r.getMessage()]
+    assert len(capped) == 1 and "(1 time(s)" in capped[0].getMessage()
+
+
+# ---------------------------------------------------------------------- calibration command
+def test_calibrate_runs_lerobots_flow_and_the_arm_then_connects(
+    follower: FeetechBusEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import sys
+
+    from hardware.calibrate import main
+
+    # lerobot's flow reads ENTER from stdin (input() and a select() on it): give it a pipe
+    r, w = os.pipe()
+    with os.fdopen(r, "r") as stdin, os.fdopen(w, "w") as keys:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            argv = [
+                "robot=so101",
+                f"port={follower.port}",
+                "id=fresh",
+                f"calibration_dir={tmp_path}",
+            ]
+            try:
+                outcome["rc"] = main(argv)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        flow = threading.Thread(target=run, daemon=True)
+        flow.start()
+        keys.write("\n")  # "move the arm to the middle of its range and press ENTER"
+        keys.flush()
+        out = ""
+        deadline = time.monotonic() + 30
+        while "Recording positions" not in out:
+            assert flow.is_alive() and time.monotonic() < deadline, (outcome, out[-2000:])
+            time.sleep(0.05)
+            out += capsys.readouterr().out
+        # a person moves every joint but wrist_roll through its range
+        start = follower.positions()
+        for name in [*MOTORS[:-2], "gripper"]:
+            for delta in (-600, 600, 0):
+                follower.set_position(name, start[name] + delta)
+                time.sleep(0.06)
+        keys.write("\n")
+        keys.flush()
+        flow.join(30)
+    out += capsys.readouterr().out
+    assert outcome == {"rc": 0}, (outcome, out[-2000:])
+    seen = out.splitlines()
+    assert any("calibration of the so101_follower saved to" in line for line in seen)
+    cal = json.loads((tmp_path / "fresh.json").read_text())
+    assert set(cal) == set(MOTORS)
+    assert (cal["wrist_roll"]["range_min"], cal["wrist_roll"]["range_max"]) == (0, 4095)
+    for name in [*MOTORS[:-2], "gripper"]:
+        span = cal[name]["range_max"] - cal[name]["range_min"]
+        assert 1100 <= span <= 1300, (name, cal[name])  # the 1200 steps it was moved through
+        held = follower.calibration()[name]
+        assert (held.range_min, held.range_max) == (cal[name]["range_min"], cal[name]["range_max"])
+    arm = LeRobotArm(
+        "so101_follower", port=follower.port, id="fresh", calibration_dir=str(tmp_path)
+    )
+    with arm:  # calibrated: it connects, and its limits are the recorded range
+        assert np.all(np.array(arm.spec[JOINT_KEY].high[:3]) < 70.0)
+
+
+def test_calibrate_refuses_what_it_cannot_calibrate() -> None:
+    from hardware.calibrate import main
+
+    with pytest.raises(LeRobotConfigError, match="nothing to calibrate"):
+        main(["robot=sim_so101", "port=/dev/null"])
+    with pytest.raises(LeRobotConfigError, match="give the serial port"):
+        main(["robot=so101"])
+    with pytest.raises(LeRobotConfigError, match="robot=NAME or teleop=NAME"):
+        main(["port=/dev/null"])
+    with pytest.raises(LeRobotConfigError, match="no robot config 'so999'"):
+        main(["robot=so999", "port=/dev/null"])
+
+
+# ---------------------------------------------------------------------- deployment
+@pytest.mark.integration
+def test_a_policy_trained_on_leader_demonstrations_deploys_on_the_follower(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    from robolearn.cli import main
+
+    cal = tmp_path / "cal"
+    data = tmp_path / "demos.zarr"
+    arm = make_arm(follower, cal)
+    with arm, Mover(leader, amplitude_deg=15.0):
+        teleop = make_leader(leader, cal, spec=arm.spec)
+        record(arm, teleop, data, num_episodes=2, episode_time_s=1.0)
+    run = tmp_path / "run"
+    train = [
+        "train",
+        f"dataset={data}",
+        f"run_dir={run}",
+        "policy=mlp",
+        "policy.hidden_dims=[32,32]",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "policy.obs_keys=[state]",
+        "policy.action_keys=[action.joint]",
+        "train=demo",
+        "train.steps=40",
+        "train.batch_size=16",
+        "train.val_every=40",
+        "train.checkpoint_every=40",
+        "train.device=cpu",
+    ]
+    assert main(train) == 0
+    out = tmp_path / "deploy"
+    deploy = [
+        "deploy",
+        f"checkpoint={run}",
+        "robot=so101",
+        f"robot.port={follower.port}",
+        "robot.id=follower",
+        f"robot.calibration_dir={cal}",
+        "rate_hz=30",
+        "episode_time_s=1.0",
+        "episodes=1",
+        "keys=off",
+        "status=off",
+        f"out={out}",
+    ]
+    assert main(deploy) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["robot"] == "LeRobotArm" and report["rate_hz"] == 30
+    (episode,) = report["episodes"]
+    assert episode["ticks"] >= 20 and episode["ended"] == "timeout", episode
+    assert "nonfinite" not in episode["safety"]["interventions"]
+    # deploying ended with the arm disconnected: torque off
+    assert all(follower.register(m, "Torque_Enable") == 0 for m in MOTORS)
