@@ -304,61 +304,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="evaluation processes (default: one per core)")
     demo.set_defaults(func=cmd_demo)
 
-    rec = sub.add_parser(
-        "record",
-        help="record demonstrations (hydra overrides: robot=… task=… teleop=… num_episodes=N)",
-        add_help=False,
-    )
-    rec.add_argument("overrides", nargs=argparse.REMAINDER)
-    rec.set_defaults(func=cmd_record)
-
-    p = sub.add_parser(
-        "train",
-        help="train a policy on a store (hydra overrides: dataset=… policy=… train.steps=N)",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "eval",
-        help="simulated rollouts of a trained policy (checkpoint=RUN_DIR episodes=N)",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "deploy",
-        help="run a trained policy on a robot at control rate (checkpoint=RUN_DIR robot=… task=…)",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_deploy)
-
-    p = sub.add_parser(
-        "find-cameras",
-        help="list the cameras OpenCV can open (size, fps, format); --save DIR keeps a frame each",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_passthrough)
-
-    p = sub.add_parser(
-        "calibrate",
-        help="calibrate a real arm or leader arm with lerobot's flow (robot=so101 port=/dev/ttyACM0)",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_passthrough)
-
-    p = sub.add_parser(
-        "emulate",
-        help="emulated servo buses (so101 | koch) on pseudo-terminals, to try robolearn with no arm",
-        add_help=False,
-    )
-    p.add_argument("overrides", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_passthrough)
+    # Commands that take every argument after their name (hydra overrides, or their own flags).
+    forwarded = [
+        (
+            "record",
+            "record demonstrations (hydra overrides: robot=… task=… teleop=… num_episodes=N)",
+            cmd_record,
+        ),
+        (
+            "train",
+            "train a policy on a store (hydra overrides: dataset=… policy=… train.steps=N)",
+            cmd_train,
+        ),
+        (
+            "eval",
+            "simulated rollouts of a trained policy (checkpoint=RUN_DIR episodes=N)",
+            cmd_eval,
+        ),
+        (
+            "deploy",
+            "run a trained policy on a robot at control rate (checkpoint=RUN_DIR robot=… task=…)",
+            cmd_deploy,
+        ),
+        (
+            "find-cameras",
+            "list the cameras OpenCV can open (size, fps, format); --save DIR keeps a frame each",
+            cmd_passthrough,
+        ),
+        (
+            "calibrate",
+            "calibrate a real arm or leader arm with lerobot's flow (robot=so101 port=/dev/ttyACM0)",
+            cmd_passthrough,
+        ),
+        (
+            "emulate",
+            "emulated servo buses (so101 | koch) on pseudo-terminals, to try robolearn with no arm",
+            cmd_passthrough,
+        ),
+    ]
+    for name, text, func in forwarded:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("overrides", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
 
     ds = sub.add_parser("dataset", help="inspect, check and edit episode stores")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
