@@ -17,24 +17,40 @@ What robolearn adds on top of lerobot's driver: a feature spec (`state`, one ima
 read, bus exchanges retried with backoff before a `DeviceError` that names the port and the motor
 that stopped answering, a safe stop (`hold()`: keep the measured position, then keep the torque
 or release it after a delay) and a clear error for an uncalibrated arm.
+
+Cameras are robolearn `Camera`s (e.g. `hardware.cameras.opencv.OpenCVCamera`: frames stamped on
+the monotonic clock, never repeated nor stale, reconnected when they drop out), listed as hydra
+`_target_` entries::
+
+    cameras:
+      - _target_: hardware.cameras.opencv.OpenCVCamera
+        name: front
+        source: /dev/v4l/by-id/usb-...-video-index0
+        width: 640
+        height: 480
+        fps: 30
+
+or lerobot's own camera configs (`cameras: {front: {type: opencv, index_or_path: 0, ...}}`),
+which lerobot's driver reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import pkgutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from robolearn.errors import RobolearnError
-from robolearn.hal import DeviceError, Observation, Robot, Teleoperator
+from robolearn.hal import Camera, DeviceError, Observation, Robot, Teleoperator
 from robolearn.spec import Feature, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -219,8 +235,8 @@ def lerobot_config(kind: str, type_name: str, fields: Mapping[str, Any]) -> Any:
     cameras = raw.get("cameras") or {}
     if not isinstance(cameras, Mapping):
         raise LeRobotConfigError(
-            f"cameras is a mapping name → lerobot camera config, got {cameras!r}; e.g. "
-            "{front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}"
+            f"lerobot's cameras are a mapping name → lerobot camera config, got {cameras!r}; "
+            "e.g. {front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}"
         )
     for name, cam in cameras.items():
         if not (isinstance(cam, Mapping) and "type" in cam):
@@ -557,6 +573,96 @@ def _summarise_cap_warnings() -> None:
         root.addFilter(_CAP_WARNINGS)
 
 
+# ---------------------------------------------------------------------- robolearn cameras
+CAMERA_EXAMPLE = (
+    "cameras: [{_target_: hardware.cameras.opencv.OpenCVCamera, name: front, source: 0, "
+    "width: 640, height: 480, fps: 30}] (see configs/camera/opencv.yaml), or lerobot's "
+    "{front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}"
+)
+
+
+def split_cameras(value: Any) -> tuple[dict[str, Any], list[Camera]]:
+    """A `cameras` setting as (lerobot camera configs by name, robolearn cameras).
+
+    Accepted: a list of robolearn camera entries (or one built `Camera`), or a mapping
+    name → entry where an entry is a robolearn camera (a built `Camera`, or a `_target_` node,
+    which is built here) or a lerobot camera config (a node with a lerobot `type`). `robolearn.config.build` builds
+    nested `_target_` nodes before the arm, so from a YAML the cameras arrive as objects.
+    """
+    if value is None:
+        return {}, []
+    if isinstance(value, Camera):
+        value = [value]
+    lerobot: dict[str, Any] = {}
+    own: list[Camera] = []
+    if isinstance(value, Mapping):
+        for key, entry in value.items():
+            if isinstance(entry, Mapping) and "type" in entry and "_target_" not in entry:
+                lerobot[str(key)] = entry
+            else:
+                own.append(_robolearn_camera(entry, f"cameras.{key}", name=str(key)))
+    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        for i, entry in enumerate(value):
+            if isinstance(entry, Mapping) and "type" in entry and "_target_" not in entry:
+                raise LeRobotConfigError(
+                    f"cameras[{i}] is a lerobot camera config ({_plain(entry)}); lerobot's "
+                    "cameras go in a mapping by name: {front: {type: opencv, ...}}; a list "
+                    "takes robolearn cameras (_target_ entries)"
+                )
+            own.append(_robolearn_camera(entry, f"cameras[{i}]"))
+    else:
+        raise LeRobotConfigError(
+            f"cameras is a list of cameras or a mapping name → camera, got "
+            f"{type(value).__name__} {value!r}; e.g. {CAMERA_EXAMPLE}"
+        )
+    names = [cam.name for cam in own]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LeRobotConfigError(
+            f"camera name(s) {twice} given more than once; each camera's name is its "
+            "observation key, so every camera needs its own"
+        )
+    return lerobot, own
+
+
+def _robolearn_camera(entry: Any, where: str, name: str | None = None) -> Camera:
+    """One robolearn camera from a built Camera or a `_target_` node; `name`: its mapping key."""
+    if isinstance(entry, Mapping) and "_target_" in entry:
+        fields = dict(_plain(entry))
+        if name is not None:
+            fields.setdefault("name", name)
+        from hydra.utils import instantiate
+
+        try:
+            entry = instantiate(fields)
+        except Exception as exc:
+            raise LeRobotConfigError(f"{where}: cannot build the camera {fields}: {exc}") from exc
+    if not isinstance(entry, Camera):
+        raise LeRobotConfigError(
+            f"{where} is not a camera (got {type(entry).__name__} {entry!r}); e.g. {CAMERA_EXAMPLE}"
+        )
+    if name is not None and entry.name != name:
+        raise LeRobotConfigError(
+            f"{where}: the camera is named {entry.name!r}, not {name!r}; a camera's name is "
+            f"its observation key: make them the same (name: {name})"
+        )
+    feature = entry.feature
+    if feature.kind != "image" or feature.dtype != "uint8" or len(feature.shape) != 3:
+        raise LeRobotConfigError(
+            f"{where}: camera {entry.name!r} delivers {feature.dtype} {feature.kind} of shape "
+            f"{feature.shape}; robolearn cameras deliver uint8 H×W×C images"
+        )
+    return entry
+
+
+def _close_camera(cam: Camera, where: str) -> None:
+    """Disconnect a camera; never raises (it runs on the way out of an error, too)."""
+    try:
+        cam.disconnect()
+    except Exception as exc:
+        log.error("%s: could not disconnect camera %r: %s", where, cam.name, exc)
+
+
 # ---------------------------------------------------------------------- the arm
 class LeRobotArm(Robot):
     """A lerobot robot (an SO-100/SO-101 or Koch follower arm, …) behind robolearn's Robot.
@@ -564,8 +670,11 @@ class LeRobotArm(Robot):
     `type` is lerobot's robot type (`so101_follower`, `so100_follower`, `koch_follower`, …);
     every other keyword not listed here is a field of that type's lerobot config (`port`, `id`,
     `calibration_dir`, `max_relative_target`, `disable_torque_on_disconnect`, `use_degrees`,
-    `cameras`, …). robolearn's own settings:
+    …). robolearn's own settings:
 
+    - `cameras`: robolearn `Camera`s (built, or hydra `_target_` nodes) as a list or a mapping
+      name → camera; a mapping's entries with a lerobot `type` are lerobot camera configs, read
+      by lerobot's driver instead (see `split_cameras`);
     - `joint_limits`: `{joint: [low, high]}` overriding the limits read from the calibration;
     - `retry`: a `RetryConfig` (bus exchanges retried with backoff before a DeviceError);
     - `stop`: a `StopConfig` (what `hold()` does with the torque);
@@ -573,8 +682,11 @@ class LeRobotArm(Robot):
       write the file's to them (what lerobot does when you press ENTER) instead of failing.
 
     Spec: `state` (the joints in lerobot's order and units: degrees with use_degrees=True, the
-    gripper 0..100), one uint8 image per camera and `action.joint` (absolute joint targets,
-    representation joint_position, limits from the calibrated range). With lerobot's
+    gripper 0..100), one uint8 image per camera (a robolearn camera's key is its name, its
+    feature the camera's `feature`) and `action.joint` (absolute joint targets,
+    representation joint_position, limits from the calibrated range). `connect()` opens the
+    cameras before the bus, `disconnect()` closes them after it; a camera that fails to
+    open or to deliver a frame is a DeviceError naming it. With lerobot's
     `max_relative_target` the arm caps each tick's move itself; `act()` returns the target as
     capped, so a recording stores what the arm was really told.
     """
@@ -587,11 +699,17 @@ class LeRobotArm(Robot):
         retry: RetryConfig | Mapping[str, Any] | None = None,
         stop: StopConfig | Mapping[str, Any] | None = None,
         write_calibration: bool = True,
+        cameras: Sequence[Any] | Mapping[str, Any] | None = None,
         **config: Any,
     ) -> None:
         self.type = type
         self.retry = _settings(RetryConfig, retry, "retry")
         self.stop = _settings(StopConfig, stop, "stop")
+        lerobot_cameras, own_cameras = split_cameras(cameras)
+        if lerobot_cameras:
+            config["cameras"] = lerobot_cameras
+        # robolearn's cameras, by name (= observation key); lerobot's live in `lerobot.cameras`
+        self.cameras: dict[str, Camera] = {cam.name: cam for cam in own_cameras}
         self._dev = LeRobotDevice("robot", type, config, self.retry, bool(write_calibration))
         self._joint_limits = {
             str(k): tuple(float(x) for x in v) for k, v in (joint_limits or {}).items()
@@ -667,6 +785,13 @@ class LeRobotArm(Robot):
             features[key] = Feature(tuple(obs_ft[key]), "uint8", "image")
         for key in self._arrays:
             features[key] = Feature(tuple(obs_ft[key]), "float32", "state")
+        for name, cam in self.cameras.items():
+            if name in features or name == JOINT_KEY:
+                raise LeRobotConfigError(
+                    f"camera {name!r} has the name of another observation or action of the "
+                    f"{self.type} ({[*features, JOINT_KEY]}); give the camera another name"
+                )
+            features[name] = cam.feature
         features[JOINT_KEY] = Feature(
             (len(self._action_names),),
             "float32",
@@ -689,7 +814,18 @@ class LeRobotArm(Robot):
 
     # ------------------------------------------------------------------ lifecycle
     def _connect(self) -> None:
-        self._dev.connect()
+        # cameras first: a camera that cannot work fails before the arm's torque comes on
+        opened: list[Camera] = []
+        try:
+            for name, cam in self.cameras.items():
+                with self._camera_errors(name, "open"):
+                    cam.connect()
+                opened.append(cam)
+            self._dev.connect()
+        except BaseException:
+            for cam in reversed(opened):
+                _close_camera(cam, self._dev.where)
+            raise
         # the calibration may have been written to the motors: the limits follow it
         self._spec = self._build_spec()
 
@@ -698,7 +834,24 @@ class LeRobotArm(Robot):
             timer, self._release_timer, self._released = self._release_timer, None, False
         if timer is not None:
             timer.cancel()
-        self._dev.disconnect()
+        try:
+            self._dev.disconnect()
+        finally:
+            for cam in self.cameras.values():
+                _close_camera(cam, self._dev.where)
+
+    @contextlib.contextmanager
+    def _camera_errors(self, name: str, what: str) -> Iterator[None]:
+        """Camera failures as DeviceErrors naming the camera (the recorder then discards the
+        episode in flight): its own when it names itself, else one that does."""
+        try:
+            yield
+        except Exception as exc:  # a third-party camera may raise anything
+            if isinstance(exc, DeviceError) and repr(name) in str(exc):
+                raise
+            raise DeviceError(
+                f"camera {name!r} of the {self._dev.where} failed to {what}: {_one_line(exc)}"
+            ) from exc
 
     # ------------------------------------------------------------------ observe / act
     def _time_bus_reads(self) -> None:
@@ -720,6 +873,21 @@ class LeRobotArm(Robot):
 
     def _observe(self) -> Observation:
         lr = self.lerobot
+        # robolearn's cameras first: read() waits for a frame it has not returned yet, and
+        # the joints read after that wait are the fresher for it
+        frames: dict[str, np.ndarray] = {}
+        frame_times: dict[str, float] = {}
+        for name, cam in self.cameras.items():
+            with self._camera_errors(name, "deliver a frame"):
+                frame, t = cam.read()
+            frame = np.asarray(frame)
+            want = self._spec[name]
+            if frame.shape != want.shape or frame.dtype != np.uint8:
+                raise DeviceError(
+                    f"camera {name!r} of the {self._dev.where} delivered a {frame.dtype} frame "
+                    f"of shape {frame.shape}, not uint8 {want.shape}: check its width and height"
+                )
+            frames[name], frame_times[name] = frame, float(t)
 
         def read() -> dict[str, Any]:
             self._read_span = None
@@ -751,6 +919,8 @@ class LeRobotArm(Robot):
         for key in self._arrays:
             values[key] = np.asarray(raw[key], dtype=np.float32).reshape(self._spec[key].shape)
             times[key] = self._frame_time(key.removesuffix("_depth"), None, t0)
+        values.update(frames)
+        times.update(frame_times)  # each camera's own capture time (time.monotonic())
         return Observation(values, times)
 
     def _frame_time(self, camera: str, frame: np.ndarray | None, fallback: float) -> float:

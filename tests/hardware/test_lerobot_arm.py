@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -493,7 +494,8 @@ def test_calibrate_runs_lerobots_flow_and_the_arm_then_connects(
         for name in [*MOTORS[:-2], "gripper"]:
             for delta in (-600, 600, 0):
                 follower.set_position(name, start[name] + delta)
-                time.sleep(0.06)
+                # held long enough for lerobot's sampling loop to see it on a loaded machine
+                time.sleep(0.15)
         keys.write("\n")
         keys.flush()
         flow.join(30)
@@ -584,3 +586,261 @@ def test_a_policy_trained_on_leader_demonstrations_deploys_on_the_follower(
     assert "nonfinite" not in episode["safety"]["interventions"]
     # deploying ended with the arm disconnected: torque off
     assert all(follower.register(m, "Torque_Enable") == 0 for m in MOTORS)
+
+
+# ---------------------------------------------------------------------- robolearn cameras
+# A video file replayed by robolearn's OpenCVCamera stands in for a USB camera: every frame
+# shows its number in binary (two rows of six 8 px bars, white = 1), so a stored frame can be
+# traced back to the decoded frame of the file it came from.
+CAM_H, CAM_W, CAM_FPS = 32, 48, 30.0
+
+
+def numbered_frame(i: int) -> np.ndarray:
+    """Frame i (RGB): bits 0-5 of i in the top row of bars, bits 6-11 in the bottom row."""
+    frame = np.zeros((CAM_H, CAM_W, 3), np.uint8)
+    for b in range(12):
+        if (i >> b) & 1:
+            row, col = divmod(b, 6)
+            frame[16 * row : 16 * (row + 1), 8 * col : 8 * (col + 1)] = 255
+    return frame
+
+
+def frame_number(frame: np.ndarray) -> int:
+    centres = [frame[8 + 16 * (b // 6), 4 + 8 * (b % 6)].mean() for b in range(12)]
+    return sum(1 << b for b, v in enumerate(centres) if v > 128)
+
+
+def write_video(path: Path, frames: int) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), CAM_FPS, (CAM_W, CAM_H))
+    assert writer.isOpened(), f"OpenCV cannot write MJPG to {path}"
+    for i in range(frames):
+        writer.write(cv2.cvtColor(numbered_frame(i), cv2.COLOR_RGB2BGR))  # it takes BGR
+    writer.release()
+    return path
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of the file as OpenCV decodes it, in RGB (what the camera delivers)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return out
+
+
+def camera_entry(video: Path, name: str = "front", **fields: Any) -> dict[str, Any]:
+    """A robolearn camera entry as a config gives it (configs/camera/opencv.yaml)."""
+    # generous waits: other tests share this machine's cores
+    return {
+        "_target_": "hardware.cameras.opencv.OpenCVCamera",
+        "name": name,
+        "source": str(video),
+        "width": CAM_W,
+        "height": CAM_H,
+        "warmup_frames": 0,
+        "timeout_s": 1.0,
+        "max_age_s": 1.0,
+        **fields,
+    }
+
+
+def opencv_camera(video: Path, name: str = "front", **fields: Any) -> Any:
+    from hardware.cameras import OpenCVCamera
+
+    entry = camera_entry(video, name, **fields)
+    del entry["_target_"]
+    return OpenCVCamera(**entry)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "clip.avi", 15)
+
+
+def test_the_numbered_video_decodes_to_its_numbers(clip: Path) -> None:
+    frames = decoded_frames(clip)
+    assert [frame_number(f) for f in frames] == list(range(15))
+    big = numbered_frame(4095 - 7)
+    assert frame_number(big) == 4088
+
+
+class TestEmulatedSO101WithACamera(RobotConformance):
+    """The conformance suite with a robolearn camera (a replayed video file) on the arm."""
+
+    @pytest.fixture
+    def robot(
+        self, follower: FeetechBusEmulator, tmp_path: Path, clip: Path
+    ) -> Iterator[LeRobotArm]:
+        with make_arm(follower, tmp_path / "cal", cameras=[opencv_camera(clip)]) as arm:
+            yield arm
+
+
+def test_robolearn_cameras_become_image_features_named_by_the_camera(
+    clip: Path, tmp_path: Path
+) -> None:
+    from hardware.cameras import OpenCVCamera
+
+    image = (CAM_H, CAM_W, 3)
+    # from configs/robot/so101.yaml as `robolearn record` builds it: hydra builds the nested
+    # _target_ nodes before the arm, which gets camera objects
+    arm = from_config(
+        "robot",
+        "so101",
+        port="/dev/null",
+        calibration_dir=str(tmp_path),
+        cameras=[camera_entry(clip, "front"), camera_entry(clip, "wrist")],
+    )
+    assert isinstance(arm.cameras["front"], OpenCVCamera) and list(arm.cameras) == [
+        "front",
+        "wrist",
+    ]
+    assert list(arm.spec) == ["state", "front", "wrist", JOINT_KEY]
+    assert arm.spec["front"] == arm.cameras["front"].feature
+    assert arm.spec["wrist"].shape == image and arm.spec["wrist"].kind == "image"
+    assert not arm.cameras["front"].is_connected  # nothing is opened before connect()
+    # a mapping name → entry (built or not), next to a lerobot camera config
+    built = opencv_camera(clip, "side")
+    arm = LeRobotArm(
+        "so101_follower",
+        port="/dev/null",
+        cameras={
+            "top": {k: v for k, v in camera_entry(clip).items() if k != "name"},
+            "side": built,
+            "lerobot_cam": {
+                "type": "opencv",
+                "index_or_path": 0,
+                "width": 64,
+                "height": 48,
+                "fps": 30,
+            },
+        },
+    )
+    assert arm.cameras["top"].name == "top" and arm.cameras["side"] is built
+    assert list(arm.lerobot.cameras) == ["lerobot_cam"]  # lerobot's driver reads that one
+    assert arm.spec.image_keys == ["lerobot_cam", "top", "side"]
+    assert arm.spec["lerobot_cam"].shape == (48, 64, 3) and arm.spec["top"].shape == image
+    # no cameras: the packaged configs say null
+    arm = from_config("robot", "so101", port="/dev/null", calibration_dir=str(tmp_path))
+    assert arm.cameras == {} and arm.spec.image_keys == []
+
+
+def test_bad_camera_entries_are_refused_with_the_fix(clip: Path) -> None:
+    def arm(cameras: Any) -> LeRobotArm:
+        return LeRobotArm("so101_follower", port="/dev/null", cameras=cameras)
+
+    with pytest.raises(LeRobotConfigError, match=r"more than once"):
+        arm([camera_entry(clip), opencv_camera(clip)])
+    with pytest.raises(LeRobotConfigError, match=r"named 'front', not 'top'.*name: top"):
+        arm({"top": opencv_camera(clip, "front")})
+    with pytest.raises(LeRobotConfigError, match=r"cameras\[0\] is a lerobot camera.*mapping"):
+        arm([{"type": "opencv", "index_or_path": 0}])
+    with pytest.raises(LeRobotConfigError, match=r"cameras\[1\] is not a camera.*_target_"):
+        arm([camera_entry(clip), "front"])
+    with pytest.raises(LeRobotConfigError, match=r"cameras\[0\]: cannot build the camera"):
+        arm([camera_entry(clip, width=-3)])
+    with pytest.raises(LeRobotConfigError, match=r"camera 'state' has the name of another"):
+        arm([camera_entry(clip, "state")])
+
+
+def test_a_camera_that_cannot_open_leaves_nothing_open(
+    follower: FeetechBusEmulator, clip: Path, tmp_path: Path
+) -> None:
+    good, missing = opencv_camera(clip, "front"), opencv_camera(tmp_path / "gone.avi", "wrist")
+    arm = make_arm(follower, tmp_path / "cal", cameras=[good, missing])
+    with pytest.raises(DeviceError, match=r"camera 'wrist'.*gone\.avi"):
+        arm.connect()
+    assert not arm.is_connected and not good.is_connected
+    assert not arm.lerobot.bus.is_connected  # the cameras come first: the bus was not touched
+    # an arm that fails after its cameras opened closes them again
+    good = opencv_camera(clip, "front")
+    uncalibrated = LeRobotArm(
+        "so101_follower",
+        port=follower.port,
+        id="nobody",
+        calibration_dir=str(tmp_path / "none"),
+        cameras=[good],
+    )
+    with pytest.raises(CalibrationError):
+        uncalibrated.connect()
+    assert not good.is_connected and not uncalibrated.lerobot.bus.is_connected
+
+
+def test_a_leader_arm_records_the_camera_frames_into_a_zarr_store(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    # 6 s of video played once (no loop, no reconnect): it outlasts the recording, and frame
+    # numbers only ever grow, so every stored frame is traceable to one frame of the file
+    video = write_video(tmp_path / "long.avi", 180)
+    file_frames = decoded_frames(video)
+    camera = opencv_camera(video, loop=False, reconnect_attempts=0)
+    path = tmp_path / "camera.zarr"
+    arm = make_arm(follower, tmp_path / "cal", cameras=[camera])
+    with arm, Mover(leader):
+        teleop = make_leader(leader, tmp_path / "cal", spec=arm.spec)
+        _, results = record(arm, teleop, path, num_episodes=2, episode_time_s=0.5)
+    assert not camera.is_connected  # disconnecting the arm closed its camera
+    assert [r.outcome for r in results] == ["saved"] * 2
+    assert verify_store(path).ok
+    numbers: list[int] = []
+    with EpisodeStore.open(path, "r") as store:
+        assert store.spec["front"] == camera.feature
+        assert set(store.spec) == {"state", "front", JOINT_KEY}
+        for e in range(2):
+            lo, hi = store.bounds(e)
+            assert hi - lo >= 8
+            drawn = []
+            for f in store.read("front", lo, hi):
+                n = frame_number(f)
+                assert np.array_equal(f, file_frames[n]), n  # the decoded frame, bit for bit
+                drawn.append(n)
+            numbers += drawn
+            # the camera's own capture times (episode-relative in the store), not the joints'
+            stamps = store.capture_times(e, "front")
+            assert np.all(np.diff(stamps) > 0), stamps
+            assert not np.array_equal(stamps, store.capture_times(e, "state"))
+            # stamped as the file was replayed at 30 fps: the time between two stored frames
+            # is the number of frames between them over 30 (the median: a loaded machine
+            # delays some grabs)
+            per_frame = np.diff(stamps) / np.diff(drawn)
+            assert 0.7 / CAM_FPS < float(np.median(per_frame)) < 1.5 / CAM_FPS, per_frame
+    assert all(a < b for a, b in itertools.pairwise(numbers)), numbers  # no repeat, in order
+
+
+def test_a_camera_whose_file_disappears_discards_only_that_episode(
+    follower: FeetechBusEmulator, leader: FeetechBusEmulator, tmp_path: Path
+) -> None:
+    # a 0.4 s clip played in a loop: once the file is gone, the camera fails at the clip's
+    # end (reopening it fails, and reconnect_attempts=0 makes that final)
+    video = write_video(tmp_path / "short.avi", 12)
+    file_frames = decoded_frames(video)
+    camera = opencv_camera(video, reconnect_attempts=0)
+    path = tmp_path / "cut.zarr"
+
+    def log(line: str) -> None:
+        if line.startswith("saved episode 1"):  # the camera's file goes during the third
+            video.unlink()
+
+    arm = make_arm(follower, tmp_path / "cal", cameras=[camera])
+    with arm, Mover(leader):
+        teleop = make_leader(leader, tmp_path / "cal", spec=arm.spec)
+        with pytest.raises(RecordError, match=r"episode 2 discarded: camera 'front'") as info:
+            record(arm, teleop, path, log=log, num_episodes=4, episode_time_s=0.6)
+        error = info.value.__cause__
+        assert isinstance(error, DeviceError) and "short.avi" in str(error)
+        assert "holds its position" in arm.stops[-1]  # the arm made its safe stop
+        with EpisodeStore.open(path, "r") as store:
+            assert store.num_episodes == 2
+            for e in range(2):
+                lo, hi = store.bounds(e)
+                for f in store.read("front", lo, hi):
+                    assert np.array_equal(f, file_frames[frame_number(f)])
+        assert verify_store(path).ok
+    assert not camera.is_connected
