@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dynamixel_sdk
 import pytest
+from bus_helpers import connect_bus
 from lerobot.motors import Motor, MotorCalibration, MotorNormMode
 from lerobot.motors.dynamixel import DynamixelMotorsBus
 from lerobot.motors.dynamixel import tables as lerobot_tables
@@ -67,7 +68,7 @@ def emu() -> Iterator[DynamixelBusEmulator]:
 @pytest.fixture
 def bus(emu: DynamixelBusEmulator) -> Iterator[DynamixelMotorsBus]:
     bus = DynamixelMotorsBus(emu.port, lerobot_motors())
-    bus.connect()
+    connect_bus(bus)
     yield bus
     if bus.is_connected:
         emu.reconnect()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bus_helpers import connect_bus
 from lerobot.motors import Motor, MotorCalibration, MotorNormMode
 from lerobot.motors.feetech import FeetechMotorsBus
 from lerobot.motors.feetech import tables as lerobot_tables
@@ -76,7 +77,7 @@ def emu() -> Iterator[FeetechBusEmulator]:
 @pytest.fixture
 def bus(emu: FeetechBusEmulator) -> Iterator[FeetechMotorsBus]:
     bus = FeetechMotorsBus(emu.port, lerobot_motors())
-    bus.connect()
+    connect_bus(bus)
     yield bus
     if bus.is_connected:
         emu.reconnect()
@@ -98,7 +99,7 @@ def test_control_table_matches_lerobots() -> None:
 # ---------------------------------------------------------------------- FeetechMotorsBus
 def test_connect_checks_ids_and_models(emu: FeetechBusEmulator) -> None:
     bus = FeetechMotorsBus(emu.port, lerobot_motors())
-    bus.connect()  # handshake: ping + model number + firmware version of every motor
+    connect_bus(bus)  # handshake: ping + model number + firmware version of every motor
     assert bus.is_connected
     assert bus.ping("gripper") == 777
     bus.disconnect(disable_torque=False)
@@ -371,8 +372,8 @@ def test_emulators_run_side_by_side_and_clean_up() -> None:
             FeetechMotorsBus(a.port, lerobot_motors()),
             FeetechMotorsBus(b.port, lerobot_motors()),
         )
-        bus_a.connect()
-        bus_b.connect()
+        connect_bus(bus_a)
+        connect_bus(bus_b)
         b.set_position("gripper", 1234)
         assert bus_a.sync_read("Present_Position", normalize=False) == a.positions()
         assert bus_b.read("Present_Position", "gripper", normalize=False) == 1234
@@ -511,7 +512,7 @@ def test_module_serves_until_interrupted(tmp_path: Path) -> None:
         assert (tmp_path / "arm.json").is_file()
         assert f"port={port}" in lines[2]
         bus = FeetechMotorsBus(port, lerobot_motors())
-        bus.connect()
+        connect_bus(bus)
         assert len(bus.sync_read("Present_Position", normalize=False)) == 6
         bus.disconnect(disable_torque=False)
         proc.send_signal(signal.SIGINT)
