@@ -43,6 +43,7 @@ Every tick's choice is kept in `trace` (time, chunk, index, due time) and summar
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -74,6 +75,9 @@ class RunnerConfig:
     camera_latency_s: float = 0.0  # from exposure to the capture time the robot reports
     inference: str = "thread"  # thread (asynchronous) | inline (in the tick: lock-step, tests)
     latency_window: int = 20  # inference calls the latency estimate (p90) looks back on
+    # niceness added to the inference thread (Linux): when the model and the control loop want
+    # the same core, the loop's tick wins and the model waits (0: equal shares)
+    inference_nice: int = 5
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -86,6 +90,8 @@ class RunnerConfig:
             raise RunnerError(f"runner.blend_steps must be ≥ 0, got {self.blend_steps}")
         if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
             raise RunnerError(f"runner.ensemble_decay must be ≥ 0, got {self.ensemble_decay}")
+        if not 0 <= int(self.inference_nice) <= 19:
+            raise RunnerError(f"runner.inference_nice must be 0..19, got {self.inference_nice}")
         for name in ("robot_latency_s", "camera_latency_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value < 10):
@@ -163,6 +169,21 @@ def _ms_percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def _lower_priority(increment: int) -> int | None:
+    """Add `increment` to this thread's niceness (Linux threads have their own); its new value.
+
+    Raising one's own niceness needs no privilege. Elsewhere (or if refused) nothing changes and
+    None is returned: the runner still works, the loop just shares the core evenly."""
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return None
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return None
+
+
 class PolicyRunner(Teleoperator):
     """A policy as an action source for the control loop (module docstring).
 
@@ -225,6 +246,7 @@ class PolicyRunner(Teleoperator):
         self._deadline: float | None = None
         self._warm = False
         self._switch_interval = sys.getswitchinterval()
+        self.worker_nice: int | None = None  # the inference thread's niceness once it runs
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
@@ -362,6 +384,7 @@ class PolicyRunner(Teleoperator):
         return actions.astype(np.float64)
 
     def _worker(self) -> None:
+        self.worker_nice = _lower_priority(int(self.config.inference_nice))
         while True:
             with self._cv:
                 while self._request is None and not self._stop:

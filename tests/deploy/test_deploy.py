@@ -5,6 +5,8 @@ blending, real time against lock-step, and `robolearn deploy` end to end."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,9 @@ def test_a_slow_policy_never_makes_the_loop_wait(reach_run: Path) -> None:
         # each chunk arrives ~3 periods after its observation: those actions are skipped
         assert runner.stats.skipped >= 2 * (runner.stats.chunks - 1)
         assert out.runner["inference_ms"]["p50"] >= 150
+        # the inference thread runs at a lower priority than the loop (its own niceness)
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert runner.worker_nice == min(19, base + RunnerConfig().inference_nice)
         # the same policy run synchronously blocks the loop at every chunk
         (sync,), _, _ = deploy(robot, slow, rate, "sync", max_seconds=2.5, stop_on_success=False)
         assert sync.loop["overruns"] >= 2
