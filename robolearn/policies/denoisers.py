@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robolearn.errors import SpecError
-from robolearn.policies.cache import weight_key
+from robolearn.policies.cache import PackedLinear, weight_key
 
 
 @dataclass
@@ -98,7 +98,12 @@ class Conv1d(nn.Conv1d):
         cols = F.pad(x, (p, p)).unfold(2, k, s)  # (B, C_in, L_out, k)
         length = cols.shape[2]
         cols = cols.permute(0, 2, 3, 1).reshape(b * length, k * c).to(self.fast_dtype)
-        y = F.linear(cols, self._fast_w).to(x.dtype)  # (B·L_out, C_out)
+        if self.fast_dtype == torch.float32:  # a oneDNN product on a weight reordered once
+            if "_fast_linear" not in self.__dict__:
+                self.__dict__["_fast_linear"] = PackedLinear()
+            y = self._fast_linear(cols, self._fast_w, None, key)  # (B·L_out, C_out)
+        else:
+            y = F.linear(cols, self._fast_w).to(x.dtype)  # (B·L_out, C_out)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(b, length, -1).transpose(1, 2)

@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from robolearn.errors import SpecError
-from robolearn.policies.cache import module_key, weight_key
+from robolearn.policies.cache import PackedLinear, module_key, weight_key
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,17 @@ class MatmulConv2d(nn.Conv2d):
             return super().forward(x)
         key = weight_key(self.weight)
         if getattr(self, "_mm_key", None) != key:
-            self._mm_w = self.weight.detach().reshape(self.weight.shape[0], -1).t().contiguous()
+            self._mm_w = self.weight.detach().reshape(self.weight.shape[0], -1).contiguous()
             self._mm_key = key
+        if "_mm_linear" not in self.__dict__:
+            self.__dict__["_mm_linear"] = PackedLinear()
         b, _, h, w = x.shape
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        y = cols.transpose(1, 2) @ self._mm_w  # (B, L, C_out)
-        if self.bias is not None:
-            y = y + self.bias
+        # (B, L, C_out), bias included; a oneDNN product on a weight reordered once
+        y = self._mm_linear(cols.transpose(1, 2), self._mm_w, self.bias, key)
         return y.transpose(1, 2).reshape(b, -1, oh, ow)
 
 

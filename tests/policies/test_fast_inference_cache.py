@@ -4,8 +4,10 @@ swaps its averaged weights in and out) must not leave them stale."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from robolearn.policies.act.model import ACTConfig, ACTPolicy
+from robolearn.policies.cache import PackedLinear
 from robolearn.policies.denoisers import Conv1d
 from robolearn.policies.vision import MatmulConv2d, fold_batchnorm
 from robolearn.spec import Feature, FeatureSpec
@@ -105,3 +107,25 @@ def test_folding_batchnorm_gives_the_same_backbone_output() -> None:
         folded = fold_batchnorm(backbone)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         torch.testing.assert_close(folded(x), backbone(x), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_linear_equals_f_linear_follows_weight_swaps_and_copies_empty() -> None:
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    linear = PackedLinear()
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    with torch.inference_mode():
+        for rows in (1, 11, 100):  # packed for the first call's size, right for any
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))
+        x = torch.randn(2, 5, 32)  # leading dimensions kept
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight))
+        weight.data.copy_(torch.randn_like(weight))  # the EMA's swap: no version bump
+        torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias))
+    assert copy.deepcopy(linear)._packed is None
+    assert pickle.loads(pickle.dumps(linear))._packed is None
+    x = torch.randn(3, 32, requires_grad=True)  # autograd: the plain product, differentiable
+    linear(x, weight, bias).sum().backward()
+    assert x.grad is not None

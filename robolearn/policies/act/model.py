@@ -20,7 +20,7 @@ from torch import nn
 from robolearn.data.stats import KeyStats
 from robolearn.errors import SpecError
 from robolearn.policies.base import Policy, PolicyConfig, masked_mean
-from robolearn.policies.cache import module_key
+from robolearn.policies.cache import PackedLinears, module_key
 from robolearn.policies.cache import weight_key as weight_key_of
 from robolearn.policies.vision import (
     ImageAugment,
@@ -162,6 +162,7 @@ class ACTPolicy(Policy):
         # inference-only derived weights, outside the module tree (never saved or trained)
         self.__dict__["_infer_backbone"] = InferenceBackbone()
         self.__dict__["_query_cache"] = (None, None)
+        self.__dict__["_linear"] = PackedLinears()
 
     # ------------------------------------------------------------------ parts
     def _tokens(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -184,11 +185,28 @@ class ACTPolicy(Policy):
         return out
 
     def _decode(self, obs: Mapping[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        memory = self.encoder(self._tokens(obs, z))
         if not (self.training or torch.is_grad_enabled()):
-            return self.head(self._decode_inference(memory))
+            memory = self._encode_inference(self._tokens(obs, z))
+            return self._linear(self._decode_inference(memory), self.head.weight, self.head.bias)
+        memory = self.encoder(self._tokens(obs, z))
         queries = self.queries.expand(z.shape[0], -1, -1)
         return self.head(self.decoder(queries, memory))  # (B, H, A)
+
+    def _encode_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer encoder at inference: the same function as `self.encoder(x)` (post-
+        norm, ReLU, dropout off), its matrix products on weights reordered once for oneDNN."""
+        lin = self._linear
+        b, n, d = x.shape
+        for layer in self.encoder.layers:
+            mha = layer.self_attn
+            heads = mha.num_heads
+            qkv = lin(x, mha.in_proj_weight, mha.in_proj_bias)  # (B, N, 3d)
+            q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+            x = layer.norm1(x + lin(att, mha.out_proj.weight, mha.out_proj.bias))
+            ff = lin(x, layer.linear1.weight, layer.linear1.bias).relu_()
+            x = layer.norm2(x + lin(ff, layer.linear2.weight, layer.linear2.bias))
+        return x if self.encoder.norm is None else self.encoder.norm(x)
 
     def _query_side(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What the first decoder layer computes from the queries alone: its self-attention
@@ -217,13 +235,15 @@ class ACTPolicy(Policy):
         b, n, d = memory.shape
         heads = mha.num_heads
         w, bias = mha.in_proj_weight, mha.in_proj_bias
-        kv = F.linear(memory, w[d:], None if bias is None else bias[d:])  # (B, N, 2d)
+        kv = F.linear(memory, w[d:], None if bias is None else bias[d:])  # (B, N, 2d): N ≈ 11
         k, v = kv.view(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, heads, N, d_h)
         qh = q.view(1, -1, heads, d // heads).transpose(1, 2).expand(b, -1, -1, -1)
         att = F.scaled_dot_product_attention(qh, k, v)  # (B, heads, H, d_h)
-        att = mha.out_proj(att.transpose(1, 2).reshape(b, -1, d))
+        lin = self._linear
+        att = lin(att.transpose(1, 2).reshape(b, -1, d), mha.out_proj.weight, mha.out_proj.bias)
         x = layer.norm2(x1 + att)
-        x = layer.norm3(x + layer._ff_block(x))
+        ff = lin(x, layer.linear1.weight, layer.linear1.bias).relu_()
+        x = layer.norm3(x + lin(ff, layer.linear2.weight, layer.linear2.bias))
         for later in self.decoder.layers[1:]:
             x = later(x, memory)
         return x if self.decoder.norm is None else self.decoder.norm(x)
