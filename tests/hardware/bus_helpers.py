@@ -26,3 +26,22 @@ def connect_bus(bus: Any, tries: int = 3) -> None:
             with contextlib.suppress(Exception):
                 bus.port_handler.closePort()
             time.sleep(0.05)
+
+
+def with_retries(bus: Any, tries: int = 2) -> Any:
+    """Give this bus's `read`, `write`, `sync_read` and `sync_write` a default of `tries`
+    retries (lerobot's default is none), as lerobot's own robots pass for their reads.
+
+    For the same reason as above: a test machine that stalls the emulator's process past the
+    driver's timeout loses a status packet a real bus would have delivered. Tests of the fault
+    handling itself pass `num_retry=0` explicitly and see every fault.
+    """
+    for name in ("read", "write", "sync_read", "sync_write"):
+        method = getattr(bus, name)
+
+        def retried(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            kwargs.setdefault("num_retry", tries)
+            return _method(*args, **kwargs)
+
+        setattr(bus, name, retried)
+    return bus

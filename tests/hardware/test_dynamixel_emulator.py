@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dynamixel_sdk
 import pytest
-from bus_helpers import connect_bus
+from bus_helpers import connect_bus, with_retries
 from lerobot.motors import Motor, MotorCalibration, MotorNormMode
 from lerobot.motors.dynamixel import DynamixelMotorsBus
 from lerobot.motors.dynamixel import tables as lerobot_tables
@@ -69,7 +69,7 @@ def emu() -> Iterator[DynamixelBusEmulator]:
 def bus(emu: DynamixelBusEmulator) -> Iterator[DynamixelMotorsBus]:
     bus = DynamixelMotorsBus(emu.port, lerobot_motors())
     connect_bus(bus)
-    yield bus
+    yield with_retries(bus)
     if bus.is_connected:
         emu.reconnect()
         bus.disconnect(disable_torque=False)
@@ -110,7 +110,9 @@ def test_connect_read_write_and_the_eeprom_lock(
 
     bus.enable_torque("elbow_flex")
     with pytest.raises(RuntimeError, match="not available to target address"):
-        bus.write("Operating_Mode", "elbow_flex", 4)  # EEPROM: locked while torque is on
+        bus.write(
+            "Operating_Mode", "elbow_flex", 4, num_retry=0
+        )  # EEPROM: locked while torque is on
     assert emu.register("elbow_flex", "Operating_Mode") == 3
     bus.disable_torque("elbow_flex")
     bus.write("Operating_Mode", "elbow_flex", 4)
@@ -179,18 +181,18 @@ def test_faults(emu: DynamixelBusEmulator, bus: DynamixelMotorsBus) -> None:
     errors = []
     for _ in range(30):
         try:
-            bus.read("Present_Position", "gripper", normalize=False)
+            bus.read("Present_Position", "gripper", normalize=False, num_retry=0)
         except ConnectionError as e:
             errors.append(str(e))
     assert errors and errors[0].endswith("[TxRxResult] There is no status packet!")
     emu.faults.lost = 0.0
     emu.faults.corrupt = 1.0
     with pytest.raises(ConnectionError, match=r"Incorrect status packet!"):
-        bus.read("Present_Position", "gripper", normalize=False)
+        bus.read("Present_Position", "gripper", normalize=False, num_retry=0)
     emu.faults.corrupt = 0.0
     emu.disconnect()
     with pytest.raises(ConnectionError, match="There is no status packet!"):
-        bus.sync_read("Present_Position")
+        bus.sync_read("Present_Position", num_retry=0)
     emu.reconnect()
     assert bus.sync_read("Present_Position", normalize=False) == emu.positions()
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from bus_helpers import connect_bus
+from bus_helpers import connect_bus, with_retries
 from lerobot.motors import Motor, MotorCalibration, MotorNormMode
 from lerobot.motors.feetech import FeetechMotorsBus
 from lerobot.motors.feetech import tables as lerobot_tables
@@ -78,7 +78,7 @@ def emu() -> Iterator[FeetechBusEmulator]:
 def bus(emu: FeetechBusEmulator) -> Iterator[FeetechMotorsBus]:
     bus = FeetechMotorsBus(emu.port, lerobot_motors())
     connect_bus(bus)
-    yield bus
+    yield with_retries(bus)
     if bus.is_connected:
         emu.reconnect()
         bus.disconnect(disable_torque=False)
@@ -263,7 +263,7 @@ def test_lost_status_packets_need_retries(emu: FeetechBusEmulator, bus: FeetechM
     errors = []
     for _ in range(40):  # the seeded dice lose a packet within a few reads
         try:
-            bus.read("Present_Position", "gripper", normalize=False)
+            bus.read("Present_Position", "gripper", normalize=False, num_retry=0)
         except ConnectionError as e:
             errors.append(str(e))
     assert errors
@@ -290,16 +290,16 @@ def test_corrupted_status_packets_are_rejected(
     with pytest.raises(
         ConnectionError, match=r"after 1 tries\. \[TxRxResult\] Incorrect status packet!"
     ):
-        bus.read("Present_Position", "gripper", normalize=False)
+        bus.read("Present_Position", "gripper", normalize=False, num_retry=0)
     with pytest.raises(ConnectionError, match=r"Failed to sync read .* Incorrect status packet!"):
-        bus.sync_read("Present_Position")
+        bus.sync_read("Present_Position", num_retry=0)
     assert emu.stats.corrupted > corrupted
 
 
 def test_status_error_bits_reach_the_driver(emu: FeetechBusEmulator, bus: FeetechMotorsBus) -> None:
     emu.faults.status_error = ERR_OVERLOAD
     with pytest.raises(RuntimeError, match=r"Overload error!"):
-        bus.read("Present_Position", "gripper", normalize=False)
+        bus.read("Present_Position", "gripper", normalize=False, num_retry=0)
 
 
 def test_late_status_packets(emu: FeetechBusEmulator, bus: FeetechMotorsBus) -> None:
@@ -309,7 +309,7 @@ def test_late_status_packets(emu: FeetechBusEmulator, bus: FeetechMotorsBus) -> 
     assert time.monotonic() - t0 >= 0.01
     emu.faults.delay_s = 0.2  # past it
     with pytest.raises(ConnectionError, match="There is no status packet!"):
-        bus.read("Model_Number", "gripper")
+        bus.read("Model_Number", "gripper", num_retry=0)
 
 
 def test_disconnect_and_reconnect(emu: FeetechBusEmulator, bus: FeetechMotorsBus) -> None:
@@ -317,7 +317,7 @@ def test_disconnect_and_reconnect(emu: FeetechBusEmulator, bus: FeetechMotorsBus
     with pytest.raises(
         ConnectionError, match=r"Failed to sync read 'Present_Position'.*There is no status packet!"
     ):
-        bus.sync_read("Present_Position")
+        bus.sync_read("Present_Position", num_retry=0)
     with pytest.raises(
         ConnectionError, match=r"Failed to write 'Torque_Enable'.*There is no status packet!"
     ):
@@ -374,6 +374,7 @@ def test_emulators_run_side_by_side_and_clean_up() -> None:
         )
         connect_bus(bus_a)
         connect_bus(bus_b)
+        with_retries(bus_a), with_retries(bus_b)
         b.set_position("gripper", 1234)
         assert bus_a.sync_read("Present_Position", normalize=False) == a.positions()
         assert bus_b.read("Present_Position", "gripper", normalize=False) == 1234
@@ -511,7 +512,7 @@ def test_module_serves_until_interrupted(tmp_path: Path) -> None:
         port = re.search(r"follower on (\S+)", lines[0]).group(1)  # type: ignore[union-attr]
         assert (tmp_path / "arm.json").is_file()
         assert f"port={port}" in lines[2]
-        bus = FeetechMotorsBus(port, lerobot_motors())
+        bus = with_retries(FeetechMotorsBus(port, lerobot_motors()))
         connect_bus(bus)
         assert len(bus.sync_read("Present_Position", normalize=False)) == 6
         bus.disconnect(disable_torque=False)
