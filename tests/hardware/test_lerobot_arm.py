@@ -362,8 +362,10 @@ def test_a_bus_that_fails_mid_episode_discards_only_that_episode_and_stops_safel
         if line.startswith("saved episode 1"):  # pull the cable during the third episode
             threading.Timer(0.2, follower.disconnect).start()
 
+    # robolearn's retries only (lerobot's off), a few of them: a loaded test machine can stall
+    # the emulator past one read's timeout before the cable is pulled
     arm = make_arm(
-        follower, tmp_path / "cal", num_read_retries=0, retry={"tries": 2, "backoff_s": 0.001}
+        follower, tmp_path / "cal", num_read_retries=0, retry={"tries": 4, "backoff_s": 0.005}
     )
     with arm, Mover(leader):
         teleop = make_leader(leader, tmp_path / "cal", spec=arm.spec)
@@ -393,14 +395,14 @@ def test_a_bus_that_fails_mid_episode_discards_only_that_episode_and_stops_safel
 def test_a_motor_that_stops_answering_is_named(
     follower: FeetechBusEmulator, tmp_path: Path
 ) -> None:
-    with make_arm(follower, tmp_path / "cal", retry={"tries": 2, "backoff_s": 0.001}) as arm:
+    with make_arm(follower, tmp_path / "cal", retry={"tries": 3, "backoff_s": 0.001}) as arm:
         arm.observe()
         follower.set_register("wrist_flex", "ID", 20)  # as good as a broken cable to it
         with pytest.raises(DeviceError) as info:
             arm.observe()
         follower.set_register("wrist_flex", "ID", 4)
     message = str(info.value)
-    assert "failed to read the joints after 2 tries" in message
+    assert "failed to read the joints after 3 tries" in message
     assert f"motor 'wrist_flex' (id 4) does not answer on {follower.port}" in message
 
 
