@@ -57,7 +57,25 @@ def env(task: str, camera: bool) -> dict[str, Any]:
     return resolve_env(robot, task_cfg)
 
 
-def timing_case(name: str, config: Any, rate: float, mode: str, seconds: float) -> dict[str, Any]:
+def cores() -> str:
+    """The cores this process may run on (a `taskset` shows), of how many."""
+    mine, total = len(os.sched_getaffinity(0)), os.cpu_count()
+    return f"{mine} cores" if mine == total else f"{mine} of {total} cores"
+
+
+def machine(device: str = "cpu") -> str:
+    """Where a case ran: the cores, and the GPU when inference ran on one."""
+    import torch
+
+    where = cores()
+    if device.startswith("cuda"):
+        where += f", inference on {torch.cuda.get_device_name(torch.device(device))}"
+    return where
+
+
+def timing_case(
+    name: str, config: Any, rate: float, mode: str, seconds: float, device: str = "cpu"
+) -> dict[str, Any]:
     import torch
 
     from robolearn.deploy import SafeSource, connected, run_episode, summarize
@@ -71,7 +89,7 @@ def timing_case(name: str, config: Any, rate: float, mode: str, seconds: float) 
     with make_sim_robot(e, ["top"], clock="realtime") as robot:
         config.obs_keys = ["state", "top"]
         config.action_keys = ["action.joint"]
-        policy = make_policy(config, robot.spec).eval()
+        policy = make_policy(config, robot.spec).to(device).eval()
         runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)
         safety = SafetyFilter(robot.spec, runner.action_key, rate, clock=robot.clock)
         source = SafeSource(runner, safety)
@@ -94,7 +112,13 @@ def timing_case(name: str, config: Any, rate: float, mode: str, seconds: float) 
                 )
                 ep += 1
     s = summarize(outcomes)
-    s.update(case=name, rate_hz=rate, mode=runner.mode, seconds=sum(o.seconds for o in outcomes))
+    s.update(
+        case=name,
+        rate_hz=rate,
+        mode=runner.mode,
+        seconds=sum(o.seconds for o in outcomes),
+        machine=machine(device),
+    )
     s.pop("success_rate", None), s.pop("successes", None), s.pop("ci95", None)
     print(json.dumps(s), flush=True)
     return s
@@ -143,6 +167,7 @@ def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
         rate_hz=rate,
         mode=runner.mode,
         checkpoint=str(checkpoint),
+        machine=machine(),
         seconds=sum(o.seconds for o in outcomes),
         lockstep={
             "episodes": lock.episodes,
@@ -160,16 +185,18 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "## Deployment runtime (real-time simulation)",
         "",
-        f"Command: `{meta['command']}` · {meta['date']} · {meta['cores']} cores, no GPU, torch "
-        f"{meta['torch']} ({meta['threads']} inference threads). Simulated Panda, pick_place "
+        f"Last command: `{meta['command']}` · {meta['date']} · torch {meta['torch']} "
+        f"({meta['threads']} inference threads). Simulated Panda, pick_place "
         "scene, real-time clock, safety filter on. ACT and diffusion: ANCHORS.md's networks with "
         "fresh weights (runtime figures only; their actions are arbitrary, so the filter works "
-        "hard). Deadline misses: ticks that ended after the next tick's deadline.",
+        "hard). Deadline misses: ticks that ended after the next tick's deadline. Machine: where "
+        "the case ran (cases keep their figures until they are run again; `2 cores` is the "
+        "development machine, no GPU).",
         "",
-        "| case | mode | run | ticks | deadline misses | inference p50 / p99 | action age p50 "
+        "| case | machine | mode | run | ticks | deadline misses | inference p50 / p99 | action age p50 "
         "| skipped actions | starved ticks | safety interventions | success real time | "
         "success lock-step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cases"]:
         inf, age = c["inference_ms"], c["action_age_ms"]
@@ -187,7 +214,7 @@ def table(results: dict[str, Any]) -> str:
                 f"({L['ci95'][0]:.0%}–{L['ci95'][1]:.0%})"
             )
         lines.append(
-            f"| {c['case']} | {c['mode']} | {c['seconds']:.0f} s, {c['episodes']} episodes | "
+            f"| {c['case']} | {c.get('machine', '2 cores')} | {c['mode']} | {c['seconds']:.0f} s, {c['episodes']} episodes | "
             f"{c['ticks']} | **{c['overruns']}** | {inf['p50_median']:.1f} / "
             f"{inf['p99_max']:.1f} ms | {age['p50_median']:.0f} ms | {c['skipped_actions']} | "
             f"{c['starved_ticks']} | {inter} | {rt} | {lk} |"
@@ -204,6 +231,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=20, help="success case: episodes each way")
     ap.add_argument("--cases", default="act,diffusion,trained")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
+    ap.add_argument("--device", default="cpu", help="inference device of the timing cases")
     args = ap.parse_args()
     import torch
 
@@ -213,17 +241,27 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cases = args.cases.split(",")
+    suffix = "" if args.device == "cpu" else f" ({args.device}, {cores()})"
+    if args.device == "cpu" and os.cpu_count() != 2:
+        suffix = f" ({cores()})"
     results: dict[str, Any] = {"cases": []}
     before = json.loads(RESULTS.read_text())["cases"] if RESULTS.exists() else []
     if "act" in cases:
         results["cases"].append(
-            timing_case("act@50Hz", ACTConfig(), 50.0, "ensemble", args.seconds)
+            timing_case(
+                "act@50Hz" + suffix, ACTConfig(), 50.0, "ensemble", args.seconds, args.device
+            )
         )
     if "diffusion" in cases:
         vision = VisionConfig(norm="group", pooling="spatial_softmax", num_keypoints=32, crop=0.875)
         results["cases"].append(
             timing_case(
-                "diffusion@10Hz", DiffusionConfig(vision=vision), 10.0, "blend", args.seconds
+                "diffusion@10Hz" + suffix,
+                DiffusionConfig(vision=vision),
+                10.0,
+                "blend",
+                args.seconds,
+                args.device,
             )
         )
     if "trained" in cases:

@@ -46,6 +46,7 @@ groups:
 keys:
   checkpoint=RUN_DIR|POLICY_DIR  episodes=10  seed=100000  rate_hz=HZ  clock=realtime|lockstep
   episode_time_s=S  record=STORE  out=DIR  device=cpu|cuda  threads=N  keys=auto|on|off
+  inference_dtype=float32|float16  (CPU inference weights; null: the checkpoint's)
   runner.mode=auto|sync|receding|blend|ensemble  runner.n_action_steps=N  runner.blend_steps=N
   runner.robot_latency_s=S  runner.camera_latency_s=S
   safety.enabled=true|false  safety.max_speed_frac=F  safety.workspace=[[x,y,z],[x,y,z]]
@@ -68,6 +69,7 @@ class DeploySettings:
     out: str | None = None
     device: str = "cpu"
     threads: int | None = None
+    inference_dtype: str | None = None
     action_key: str | None = None
     overrun: str = "skip"
     keys: str = "auto"
@@ -89,6 +91,11 @@ class DeploySettings:
         for key in ("keys", "status"):
             if getattr(self, key) not in ("auto", "on", "off"):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: choose auto, on or off")
+        if self.inference_dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ConfigError(
+                f"inference_dtype={self.inference_dtype!r}: choose float32, float16 or bfloat16 "
+                "(or leave it null: the checkpoint's)"
+            )
         self.runner.check()
         self.safety.check()
 
@@ -158,6 +165,9 @@ def run_deploy(cfg: DictConfig) -> int:
     checkpoint = find_checkpoint(s.checkpoint)
     torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) - 1))
     policy = Policy.load(checkpoint, device=s.device)
+    if s.inference_dtype is not None:  # CPU inference weights: the checkpoint's unless named
+        policy.config.inference_dtype = s.inference_dtype
+        policy.config.validate()
     robot, env = make_robot(cfg, s, checkpoint, list(policy.image_keys))
     task_cfg = (env or {}).get("task") or {}
     task_name = str(cfg.task.name) if cfg.get("task") else task_cfg.get("name", "")

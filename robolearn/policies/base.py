@@ -18,6 +18,7 @@ from torch import nn
 from robolearn.data.sequence import SequenceDataset
 from robolearn.data.stats import KeyStats
 from robolearn.errors import SpecError
+from robolearn.policies.cache import cpu_weights
 from robolearn.policies.normalize import Normalizer, NormMode
 from robolearn.policies.vision import ImageEncoder, VisionConfig
 from robolearn.spec import FeatureSpec
@@ -50,8 +51,17 @@ class PolicyConfig:
         default_factory=lambda: {"state": "min_max", "action": "min_max", "image": "mean_std"}
     )
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    # weights of the matrix products at CPU inference (robolearn.policies.cache.cpu_weights):
+    # float32 as trained, or float16 (half the bytes read per call; TF32's rounding, actions
+    # within ~1e-4 of their range). Training, CUDA and MPS are not affected.
+    inference_dtype: str = "float32"
 
     def validate(self) -> None:
+        dtypes = getattr(self, "INFERENCE_DTYPES", ("float32", "float16"))
+        if self.inference_dtype not in dtypes:
+            raise SpecError(
+                f"inference_dtype {self.inference_dtype!r}: choose one of {', '.join(dtypes)}"
+            )
         if self.n_obs_steps < 1 or self.horizon < 1:
             raise SpecError(
                 f"n_obs_steps ({self.n_obs_steps}) and horizon ({self.horizon}) must be ≥ 1"
@@ -313,7 +323,9 @@ class Policy(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            actions = self._predict(self._to_device(obs, self.obs_keys))
+            weights = "float16" if self.config.inference_dtype == "float16" else "float32"
+            with cpu_weights(weights):
+                actions = self._predict(self._to_device(obs, self.obs_keys))
         finally:
             self.train(was_training)
         if not torch.isfinite(actions).all():

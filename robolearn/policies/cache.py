@@ -1,6 +1,11 @@
-"""Keys for caches of weights derived at inference (reshaped or bf16 copies)."""
+"""Weights derived once for CPU inference (reordered for oneDNN, or float16 for FBGEMM), and the
+keys that tell when such a copy has gone stale."""
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import torch
 
@@ -40,6 +45,44 @@ def _onednn_linear_available() -> bool:
 ONEDNN_LINEAR = _onednn_linear_available()
 
 
+def _fp16_linear_available() -> bool:
+    """FBGEMM's float16-weight products (x86 CPUs): fp16 weights, fp32 inputs and accumulation."""
+    try:
+        if "fbgemm" not in torch.backends.quantized.supported_engines:
+            return False
+        w = torch.ones(8, 8)
+        y = torch.ops.quantized.linear_dynamic_fp16(
+            torch.ones(2, 8), torch.ops.quantized.linear_prepack_fp16(w, None)
+        )
+        return bool(torch.equal(y, torch.full((2, 8), 8.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+FP16_LINEAR = _fp16_linear_available()
+INFERENCE_DTYPES = ("float32", "float16")
+_WEIGHTS: contextvars.ContextVar[str] = contextvars.ContextVar("weights", default="float32")
+
+
+@contextlib.contextmanager
+def cpu_weights(dtype: str) -> Iterator[None]:
+    """The precision of the weights in the CPU inference products run inside the block.
+
+    `float32`: as trained, through oneDNN on a reordered copy. `float16`: a float16 copy of each
+    weight through FBGEMM (inputs, outputs and accumulation stay float32): half the bytes read
+    per call, the rounding of TF32 (10 mantissa bits, PyTorch's default for convolutions on
+    NVIDIA GPUs): actions agree with float32 to about 1e-4 of their range. Where FBGEMM is
+    missing (non-x86 CPUs) float16 runs as float32.
+    """
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"CPU inference weights {dtype!r}: choose one of {INFERENCE_DTYPES}")
+    token = _WEIGHTS.set(dtype)
+    try:
+        yield
+    finally:
+        _WEIGHTS.reset(token)
+
+
 class PackedLinear:
     """`F.linear` at CPU inference through oneDNN, on a weight reordered for it once.
 
@@ -54,13 +97,14 @@ class PackedLinear:
     def __init__(self) -> None:
         self._key: tuple[object, ...] | None = None
         self._packed: torch.Tensor | None = None
+        self._fp16 = False
 
     # The reordered weight is an opaque oneDNN tensor: copies and pickles start empty.
     def __deepcopy__(self, memo: dict[int, object]) -> PackedLinear:
         return type(self)()
 
     def __getstate__(self) -> dict[str, object]:
-        return {"_key": None, "_packed": None}
+        return {"_key": None, "_packed": None, "_fp16": False}
 
     def __call__(
         self,
@@ -79,17 +123,24 @@ class PackedLinear:
             or weight.dtype != torch.float32
         ):
             return torch.nn.functional.linear(x, weight, bias)
-        key = weight_key(weight) if key is None else key
+        fp16 = FP16_LINEAR and _WEIGHTS.get() == "float16"
+        key = (weight_key(weight) if key is None else key, fp16)
         if self._packed is None or key != self._key:
             w = weight.detach().contiguous()
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(
-                w, max(1, x.numel() // x.shape[-1])
-            )
-            self._key = key
-        rows = x.reshape(-1, x.shape[-1])
-        y = torch.ops.mkldnn._linear_pointwise(
-            rows.contiguous(), self._packed, bias, "none", [], ""
-        )
+            if fp16:
+                self._packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+            else:
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(
+                    w, max(1, x.numel() // x.shape[-1])
+                )
+            self._key, self._fp16 = key, fp16
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        if self._fp16:
+            y = torch.ops.quantized.linear_dynamic_fp16(rows, self._packed)
+            if bias is not None:
+                y = y.add_(bias)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(rows, self._packed, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

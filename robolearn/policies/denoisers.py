@@ -109,10 +109,60 @@ class Conv1d(nn.Conv1d):
         return y.reshape(b, length, -1).transpose(1, 2)
 
 
+class ConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d (the U-Net's upsampling) whose CPU inference is one matrix product.
+
+    PyTorch runs a small transposed 1-D convolution through its slow path (about a tenth of a
+    diffusion step at batch 1). With `fast_dtype` set and autograd off it becomes one product of
+    the input's columns with a cached (C_out·k, C_in) weight, whose per-tap outputs are then
+    overlap-added (`F.fold`) into place. Training, CUDA and autograd use the normal module.
+    """
+
+    fast_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            self.fast_dtype is None
+            or output_size is not None
+            or torch.is_grad_enabled()
+            or self.training
+            or x.device.type != "cpu"
+            or self.groups != 1
+            or self.dilation[0] != 1
+            or x.dim() != 3
+        ):
+            return super().forward(x, output_size)
+        key = (weight_key(self.weight), self.fast_dtype)
+        if getattr(self, "_fast_key", None) != key:
+            w = self.weight.detach()  # (C_in, C_out, k) → (C_out·k, C_in), channel-major
+            self._fast_w = w.permute(1, 2, 0).reshape(-1, w.shape[0]).to(self.fast_dtype)
+            self._fast_key = key
+        b, c, length = x.shape
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        rows = x.transpose(1, 2).reshape(b * length, c).to(self.fast_dtype)
+        if self.fast_dtype == torch.float32:
+            if "_fast_linear" not in self.__dict__:
+                self.__dict__["_fast_linear"] = PackedLinear()
+            taps = self._fast_linear(rows, self._fast_w, None, key)  # (B·L, C_out·k)
+        else:
+            taps = F.linear(rows, self._fast_w).to(x.dtype)
+        full = (length - 1) * s + k
+        y = F.fold(
+            taps.reshape(b, length, -1).transpose(1, 2),  # (B, C_out·k, L)
+            output_size=(1, full),
+            kernel_size=(1, k),
+            stride=(1, s),
+        ).reshape(b, -1, full)
+        y = y[:, :, p : full - p + self.output_padding[0]]
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y
+
+
 def set_fast_inference(module: nn.Module, dtype: torch.dtype | None) -> None:
     """Run the U-Net's convolutions at inference with `dtype` weights (None: as trained)."""
     for m in module.modules():
-        if isinstance(m, Conv1d):
+        if isinstance(m, (Conv1d, ConvTranspose1d)):
             m.fast_dtype = dtype
 
 
@@ -137,9 +187,13 @@ class FiLMResBlock(nn.Module):
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
         self.residual = Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, film: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`film`: this block's FiLM output when the caller computed it (fused at inference)."""
         h = self.block1(x)  # (B, C, L)
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        film = self.film(cond) if film is None else film
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
         h = self.block2(scale * h + bias)
         return h + self.residual(x)
 
@@ -185,7 +239,7 @@ class ConditionalUnet1D(nn.Module):
                     [
                         FiLMResBlock(2 * c_out, c_in, cond_dim, k, g),
                         FiLMResBlock(c_in, c_in, cond_dim, k, g),
-                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                        ConvTranspose1d(c_in, c_in, 4, 2, 1),
                     ]
                 )
             )
@@ -196,18 +250,56 @@ class ConditionalUnet1D(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """x (B, H, A), t (B,), obs (B, T, D) → (B, H, A)."""
         cond = torch.cat([self.time(t), obs.flatten(1)], -1)
+        films = iter(self._fused_films(cond) or ())
         h = x.transpose(1, 2)  # (B, A, H): channels are action dimensions
         skips = []
         for res1, res2, down in self.down:
-            h = res2(res1(h, cond), cond)
+            h = res2(res1(h, cond, next(films, None)), cond, next(films, None))
             skips.append(h)
             h = down(h)
         for res in self.mid:
-            h = res(h, cond)
+            h = res(h, cond, next(films, None))
         for res1, res2, up in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = up(res2(res1(h, cond), cond))
+            h = up(res2(res1(h, cond, next(films, None)), cond, next(films, None)))
         return self.final(h).transpose(1, 2)
+
+    def _blocks(self) -> list[FiLMResBlock]:
+        """The FiLM blocks in the order forward runs them."""
+        return [
+            *(b for d in self.down for b in d[:2]),
+            *self.mid,
+            *(b for u in self.up for b in u[:2]),
+        ]
+
+    def _fused_films(self, cond: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every block's FiLM output from one product on the stacked weights (CPU inference).
+
+        The blocks all read the same conditioning, so their 14 small linear maps are one matrix
+        product per denoising step (one weight stream, one call) instead of 14."""
+        first = self.down[0][0].block1[0]
+        if (
+            first.fast_dtype is None
+            or torch.is_grad_enabled()
+            or self.training
+            or cond.device.type != "cpu"
+        ):
+            return None
+        linears = [b.film[1] for b in self._blocks()]
+        key = (
+            tuple((m.weight._version, m.weight.data_ptr()) for m in linears),
+            weight_key(linears[0].weight),
+            weight_key(linears[-1].weight),
+        )
+        if getattr(self, "_film_key", None) != key:
+            self._film_w = torch.cat([m.weight.detach() for m in linears]).contiguous()
+            self._film_b = torch.cat([m.bias.detach() for m in linears])
+            self._film_sizes = [m.out_features for m in linears]
+            self._film_key = key
+        if "_film_linear" not in self.__dict__:
+            self.__dict__["_film_linear"] = PackedLinear()
+        out = self._film_linear(F.mish(cond), self._film_w, self._film_b, key)
+        return list(out.split(self._film_sizes, dim=1))
 
 
 # ---------------------------------------------------------------------------------- transformer

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 
 from robolearn.data.stats import KeyStats
-from robolearn.errors import SpecError
 from robolearn.policies.base import ObservationEncoder, Policy, PolicyConfig
 from robolearn.policies.denoisers import DenoiserConfig, make_denoiser, set_fast_inference
 from robolearn.policies.vision import VisionConfig
@@ -20,14 +20,11 @@ class GenerativeConfig(PolicyConfig):
     denoiser: DenoiserConfig = dataclasses.field(default_factory=DenoiserConfig)
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     num_inference_steps: int = 10
-    # weights of the U-Net's convolutions at CPU inference: float32 (as trained) or bfloat16
-    # (about half the time per step on CPUs with bf16 matrix units; actions to ~0.5 %)
+    # weights at CPU inference: float32 (as trained), float16 (every product: half the bytes,
+    # TF32's rounding) or bfloat16 (the U-Net's convolutions as bf16 products: fast on CPUs with
+    # bf16 matrix units — AMX, AVX512-BF16 — and slow elsewhere; actions to ~0.5 %)
+    INFERENCE_DTYPES: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
     inference_dtype: str = "float32"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.inference_dtype not in ("float32", "bfloat16"):
-            raise SpecError(f"inference_dtype {self.inference_dtype!r} is not float32 or bfloat16")
 
 
 class GenerativePolicy(Policy):
@@ -50,7 +47,9 @@ class GenerativePolicy(Policy):
             self.obs_encoder.dim,
             config.n_obs_steps,
         )
-        set_fast_inference(self.denoiser, getattr(torch, config.inference_dtype))
+        # float16 weights come from the products themselves (cache.cpu_weights), on fp32 inputs
+        fast = torch.bfloat16 if config.inference_dtype == "bfloat16" else torch.float32
+        set_fast_inference(self.denoiser, fast)
 
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_obs_steps, obs_dim) conditioning features."""

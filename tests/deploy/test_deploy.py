@@ -297,8 +297,10 @@ def test_robolearn_deploy_records_evaluation_episodes(reach_run: Path, tmp_path:
         assert "inference_ms" in info.extra["deploy"]["runner"]
         assert s.user_attrs["recording"]["task"]["name"] == "reach"
         assert info.success == report["episodes"][1]["success"]
-    # appending with the same command keeps what is there
-    assert main([*args[:-2], f"out={out}2", "keys=off", "episodes=1"]) == 0
+    # appending with the same command keeps what is there (this time on float16 weights)
+    assert (
+        main([*args[:-2], f"out={out}2", "keys=off", "episodes=1", "inference_dtype=float16"]) == 0
+    )
     with EpisodeStore.open(store, "r") as s:
         assert s.num_episodes == 3
 
@@ -310,6 +312,8 @@ def test_deploy_refuses_bad_settings_with_a_clear_message(reach_run: Path, capsy
     assert "max_sped" in capsys.readouterr().err
     assert main(["deploy", f"checkpoint={reach_run}", "safety.workspace=[[0,0,0],[1,1]]"]) == 2
     assert "workspace" in capsys.readouterr().err
+    assert main(["deploy", f"checkpoint={reach_run}", "inference_dtype=int8"]) == 2
+    assert "inference_dtype='int8'" in capsys.readouterr().err
 
 
 def test_the_filter_rejects_configs_that_do_not_fit_the_robot(reach_run: Path) -> None:
