@@ -42,11 +42,16 @@ def test_overfits_a_tiny_dataset(name, tiny_store):
     assert last < OVERFIT[name] * first, f"{name}: loss {first:.3f} → {last:.3f}"
 
 
+# steps with the camera: the loss halves by about step 60 (diffusion; ACT by step 20) and is at a
+# fifth of its start by step 100 (diffusion) and a twentieth by step 60 (ACT)
+CAMERA_STEPS = {"diffusion": 100, "act": 60}
+
+
 @pytest.mark.parametrize("name", ["diffusion", "act"])
 def test_overfits_with_a_camera(name, camera_store):
     """The image path (ResNet-18, augmentation, normalisation) learns too; fewer steps, it is slow."""
     policy = build(name, camera_store)
-    first, last = _overfit(policy, camera_store, 150, 8)
+    first, last = _overfit(policy, camera_store, CAMERA_STEPS[name], 8)
     assert last < 0.5 * first, f"{name}: loss {first:.3f} → {last:.3f}"
     chunk = policy.predict_chunk(start_observation(policy.n_obs_steps, 3, CAMERA))
     assert chunk.shape == (3, policy.horizon, 2)
