@@ -320,14 +320,17 @@ class Policy(nn.Module):
         which actions to execute. Nothing is kept between calls.
         """
         self.check_observation(obs)
+        # eval() walks every submodule (~1 ms for ACT): only when a training loop left it on
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             weights = "float16" if self.config.inference_dtype == "float16" else "float32"
             with cpu_weights(weights):
                 actions = self._predict(self._to_device(obs, self.obs_keys))
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         if not torch.isfinite(actions).all():
             raise FloatingPointError(
                 "the policy produced NaN or infinite actions; its weights or inputs are broken"

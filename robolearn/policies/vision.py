@@ -150,8 +150,137 @@ def fold_batchnorm(backbone: nn.Module) -> nn.Module:
     return net
 
 
+def _onednn_conv_available() -> bool:
+    """oneDNN convolutions on reordered weights with fused ReLU / residual add (x86 builds)."""
+    ops = torch.ops.mkldnn
+    try:
+        if not (
+            torch.backends.mkldnn.is_available()
+            and hasattr(ops, "_reorder_convolution_weight")
+            and hasattr(ops, "_convolution_pointwise")
+        ):
+            return False
+        x, w = torch.ones(1, 2, 3, 3), torch.ones(2, 2, 1, 1)
+        packed = ops._reorder_convolution_weight(w, [0, 0], [1, 1], [1, 1], 1, [1, 2, 3, 3])
+        y = ops._convolution_pointwise.binary(
+            x, -x, packed, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], ""
+        )
+        return bool(torch.equal(y, torch.ones(1, 2, 3, 3)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN_CONV = _onednn_conv_available()
+
+
+class _PackedConv:
+    """One convolution through oneDNN on its weight reordered once for one input size, with the
+    ReLU and the residual addition that follow it fused in."""
+
+    def __init__(self, conv: nn.Conv2d, input_size: list[int]) -> None:
+        ops = torch.ops.mkldnn
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.weight = ops._reorder_convolution_weight(
+            conv.weight.detach().contiguous(),
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+            input_size,
+        )
+        self.bias = None if conv.bias is None else conv.bias.detach()
+
+    def __call__(
+        self, x: torch.Tensor, relu: bool = False, add: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        ops = torch.ops.mkldnn
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if add is None:
+            return ops._convolution_pointwise(
+                x, self.weight, self.bias, *args, "relu" if relu else "none", [], ""
+            )
+        return ops._convolution_pointwise.binary(
+            x, add, self.weight, self.bias, *args, "add", 1.0, "relu" if relu else None, [], ""
+        )
+
+
+class FusedResNet:
+    """A BatchNorm-folded ResNet backbone at CPU inference, block by block through oneDNN.
+
+    Each convolution runs on a weight reordered once into oneDNN's blocked layout (PyTorch's
+    eager convolution re-lays it out on every call, and picks a slow path for the small deep
+    feature maps of a 96×96 frame), on channels-last activations, with the ReLU and the
+    residual addition of each block fused into the convolution before them: what
+    torch.compile's CPU weight prepacking does, without the compile. It halves the ResNet-18's
+    time at batch 1. The same function as the folded module, to float32 rounding (tested);
+    other devices, dtypes and autograd run the module.
+    """
+
+    def __init__(self, net: nn.Sequential) -> None:
+        self.net = net
+        self._packed: dict[tuple[int, ...], tuple[object, ...]] = {}
+
+    @staticmethod
+    def supports(net: nn.Module) -> bool:
+        """Whether `net` has the folded layout this runner follows: torchvision's ResNet stem
+        (conv, Identity, ReLU, MaxPool) and BasicBlocks, without any normalisation left."""
+        if not ONEDNN_CONV or not isinstance(net, nn.Sequential) or len(net) < 5:
+            return False
+        stem = list(net)[:4]
+        kinds = (nn.Conv2d, nn.Identity, nn.ReLU, nn.MaxPool2d)
+        if not all(isinstance(m, k) for m, k in zip(stem, kinds, strict=True)):
+            return False
+        for layer in list(net)[4:]:
+            for block in layer if isinstance(layer, nn.Sequential) else [layer]:
+                if not isinstance(block, torchvision.models.resnet.BasicBlock):
+                    return False
+                if not (isinstance(block.bn1, nn.Identity) and isinstance(block.bn2, nn.Identity)):
+                    return False
+                ds = block.downsample
+                if ds is not None and not (
+                    isinstance(ds, nn.Sequential)
+                    and isinstance(ds[0], nn.Conv2d)
+                    and all(isinstance(m, nn.Identity) for m in list(ds)[1:])
+                ):
+                    return False
+        return all(m.groups == 1 for m in net.modules() if isinstance(m, nn.Conv2d))
+
+    def _pack(self, x: torch.Tensor) -> tuple[object, ...]:
+        """The reordered convolutions for an input of x's shape (the reorder depends on it)."""
+        modules = list(self.net)
+        stem_conv, pool = modules[0], modules[3]
+        stem = _PackedConv(stem_conv, list(x.shape))
+        blocks = []
+        h = pool(torch.relu(stem_conv(x)))
+        for layer in modules[4:]:
+            for block in layer if isinstance(layer, nn.Sequential) else [layer]:
+                size = list(h.shape)
+                mid = block.conv1(h)
+                ds = None if block.downsample is None else _PackedConv(block.downsample[0], size)
+                blocks.append(
+                    (_PackedConv(block.conv1, size), _PackedConv(block.conv2, list(mid.shape)), ds)
+                )
+                h = block(h)
+        return stem, pool, blocks
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return self.net(x)
+        packed = self._packed.get(tuple(x.shape))
+        if packed is None:
+            packed = self._packed[tuple(x.shape)] = self._pack(x)
+        stem, pool, blocks = packed
+        y = pool(stem(x.contiguous(memory_format=torch.channels_last), relu=True))
+        for conv1, conv2, downsample in blocks:
+            identity = y if downsample is None else downsample(y)
+            y = conv2(conv1(y, relu=True), relu=True, add=identity)
+        return y.contiguous()
+
+
 class InferenceBackbone:
-    """The backbone to run at inference: a BatchNorm-folded copy, rebuilt when weights change.
+    """The backbone to run at inference: a BatchNorm-folded copy run through oneDNN
+    (`FusedResNet`), rebuilt when the weights change.
 
     Training, autograd and GroupNorm backbones use the module itself. The copy is kept outside
     the module tree, so it is neither saved nor trained.
@@ -159,9 +288,16 @@ class InferenceBackbone:
 
     def __init__(self) -> None:
         self._key: tuple[object, ...] | None = None
-        self._net: nn.Module | None = None
+        self._net: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def __call__(self, backbone: nn.Module) -> nn.Module:
+    # The reordered weights are opaque oneDNN tensors: copies and pickles start empty.
+    def __deepcopy__(self, memo: dict[int, object]) -> InferenceBackbone:
+        return type(self)()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_key": None, "_net": None}
+
+    def __call__(self, backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         if backbone.training or torch.is_grad_enabled():
             return backbone
         if not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()):
@@ -169,7 +305,9 @@ class InferenceBackbone:
         key = module_key(backbone)
         if self._net is None or key != self._key:
             with torch.inference_mode(False):  # real tensors: their caches key on versions
-                self._net, self._key = fold_batchnorm(backbone), key
+                folded = fold_batchnorm(backbone)
+                self._net = FusedResNet(folded) if FusedResNet.supports(folded) else folded
+                self._key = key
         return self._net
 
 

@@ -22,7 +22,14 @@ from robolearn.policies.denoisers import (
     set_fast_inference,
 )
 from robolearn.policies.diffusion import DiffusionConfig
-from robolearn.policies.vision import MatmulConv2d, VisionConfig, fold_batchnorm
+from robolearn.policies.vision import (
+    ONEDNN_CONV,
+    FusedResNet,
+    MatmulConv2d,
+    VisionConfig,
+    fold_batchnorm,
+    resnet18_backbone,
+)
 from robolearn.spec import Feature, FeatureSpec
 
 
@@ -108,6 +115,12 @@ def test_act_fast_inference_equals_the_plain_modules_and_follows_weight_swaps() 
     expected2 = _reference(policy, obs)
     assert not torch.allclose(expected, expected2, atol=1e-3)
     torch.testing.assert_close(policy.predict_chunk(obs), expected2, rtol=1e-4, atol=1e-4)
+    # a used policy copies and pickles (the derived oneDNN weights start empty in the copy)
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(policy), pickle.loads(pickle.dumps(policy))):
+        torch.testing.assert_close(clone.predict_chunk(obs), expected2, rtol=1e-4, atol=1e-4)
     # derived copies stay out of the saved state
     assert set(policy.state_dict()) == set(ACTPolicy(policy.config, policy.spec).state_dict())
 
@@ -120,6 +133,25 @@ def test_folding_batchnorm_gives_the_same_backbone_output() -> None:
         folded = fold_batchnorm(backbone)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         torch.testing.assert_close(folded(x), backbone(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not ONEDNN_CONV, reason="this PyTorch build has no oneDNN convolutions")
+def test_the_fused_resnet_equals_the_folded_backbone_for_any_input_size() -> None:
+    policy, _ = _act_with_a_camera()
+    with torch.no_grad():
+        folded = fold_batchnorm(policy.backbone.eval())
+        assert FusedResNet.supports(folded)
+        fused = FusedResNet(folded)
+        for shape in [(1, 3, 96, 96), (2, 3, 64, 64), (1, 3, 96, 96), (3, 3, 84, 100)]:
+            x = torch.rand(shape)
+            torch.testing.assert_close(fused(x), folded(x), rtol=1e-4, atol=1e-4)
+        assert len(fused._packed) == 3  # weights reordered once per input size
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)  # autograd: the module, differentiable
+    fused(x).sum().backward()
+    assert x.grad is not None
+    # GroupNorm (not foldable) and unfolded BatchNorm backbones are not this runner's layout
+    assert not FusedResNet.supports(resnet18_backbone("group"))
+    assert not FusedResNet.supports(policy.backbone)
 
 
 def test_packed_linear_equals_f_linear_follows_weight_swaps_and_copies_empty() -> None:
