@@ -306,6 +306,30 @@ def test_ema_weights_are_what_fit_leaves_in_the_policy(tiny_store):
     assert all(torch.equal(a, b) for a, b in zip(live, restored, strict=True))
 
 
+def test_the_ema_update_is_diffusers_emamodel_step():
+    """robolearn's in-place lerp gives EMAModel.step's averages, decay and step count."""
+    from diffusers.training_utils import EMAModel
+
+    from robolearn.training import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    net[1].bias.requires_grad_(False)  # frozen tensors are copied, not averaged
+    ours = EMA(net, power=0.75, max_decay=0.999)
+    reference = EMAModel(net.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update()
+        reference.step(net.parameters())
+    assert ours.model.optimization_step == reference.optimization_step == 5
+    assert ours.model.cur_decay_value == reference.cur_decay_value
+    for a, b in zip(ours.model.shadow_params, reference.shadow_params, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ours.model.shadow_params[-1], net[1].bias)
+
+
 def test_matmul_convolutions_give_the_convolution_result():
     from robolearn.policies.vision import MatmulConv2d, resnet18_backbone
 
