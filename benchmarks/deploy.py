@@ -7,7 +7,9 @@ skipped actions and safety interventions; success in real time against lock-step
 Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on):
 
 - `act@50Hz`: ACT at ANCHORS.md's profile (ResNet-18, dim 512, 4+1 layers, chunk 100) reading
-  the state and a 96×96 camera, temporal ensembling, for `--seconds`;
+  the state and a 96×96 camera running at 30 fps (`CameraConfig.fps`: a real camera's rate; the
+  loop renders a frame only when one is due, and reads the latest one between frames),
+  temporal ensembling, for `--seconds`;
 - `diffusion@10Hz`: diffusion policy at ANCHORS.md's profile (ResNet-18 GroupNorm + spatial
   softmax, U-Net 256-512-1024, 10 DDIM steps) reading the same, blending, for `--seconds`;
 - `--checkpoint A B …` (trained policies, e.g. the demo's MLP and benchmarks/success.py's
@@ -39,7 +41,7 @@ from robolearn.bench import update_docs_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "deploy.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
-CAMERA = {"name": "top", "width": 96, "height": 96}
+CAMERA = {"name": "top", "width": 96, "height": 96, "fps": 30.0}  # a real camera's rate
 
 
 def env(task: str, camera: bool) -> dict[str, Any]:

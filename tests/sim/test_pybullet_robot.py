@@ -78,6 +78,29 @@ def test_same_seed_same_world() -> None:
         assert not np.array_equal(robot.observe()["top"], frames[0]["top"])  # camera jitter differs
 
 
+@pytest.mark.parametrize("fps, frames", [(None, 50), (25.0, 25), (30.0, 30), (100.0, 50)])
+def test_a_camera_runs_at_its_own_frame_rate(fps: float | None, frames: int) -> None:
+    """50 control ticks over one simulated second: a camera with `fps` captures that many
+    frames (never more than one a tick); between frames an observation reads the latest frame
+    with its capture time."""
+    cams = [CameraConfig("top", width=32, height=32, fps=fps)]
+    with PyBulletRobot("panda", cameras=cams, physics=PhysicsConfig(hz=200.0)) as robot:
+        stamps, images = [], []
+        for _ in range(50):
+            obs = robot.observe()
+            stamps.append(obs.capture_times["top"])
+            images.append(obs["top"])
+            robot.act({EE_KEY: np.array([0.02, 0.0, 0.0, 0, 0, 0, 1.0])})  # the arm moves
+            robot.clock.sleep_until(robot.clock.now() + 0.02)
+        assert len(set(stamps)) == frames
+        for i in range(1, 50):
+            if stamps[i] == stamps[i - 1]:  # no new frame: the latest one again
+                np.testing.assert_array_equal(images[i], images[i - 1])
+        assert not np.array_equal(images[0], images[-1])  # frames do follow the moving arm
+        # a reset starts the episode with a fresh frame
+        assert robot.reset(seed=1).capture_times["top"] > stamps[-1]
+
+
 def test_rotation_helpers_round_trip() -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -93,6 +116,8 @@ def test_bad_configuration_is_named() -> None:
         PyBulletRobot("panda", clock="fast")
     with pytest.raises(ValueError, match="camera names"):
         PyBulletRobot("panda", cameras=[CameraConfig("a"), CameraConfig("a")])
+    with pytest.raises(ValueError, match="fps must be positive"):
+        CameraConfig("a", fps=0)
 
 
 def test_so101_spec_uses_lerobot_names_and_units() -> None:
