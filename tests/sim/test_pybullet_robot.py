@@ -78,7 +78,7 @@ def test_same_seed_same_world() -> None:
         assert not np.array_equal(robot.observe()["top"], frames[0]["top"])  # camera jitter differs
 
 
-@pytest.mark.parametrize("fps, frames", [(None, 50), (25.0, 25), (30.0, 30), (100.0, 50)])
+@pytest.mark.parametrize(("fps", "frames"), [(None, 50), (25.0, 25), (30.0, 30), (100.0, 50)])
 def test_a_camera_runs_at_its_own_frame_rate(fps: float | None, frames: int) -> None:
     """50 control ticks over one simulated second: a camera with `fps` captures that many
     frames (never more than one a tick); between frames an observation reads the latest frame
