@@ -167,10 +167,29 @@ def save(results: dict[str, Any], path: Path = RESULTS) -> None:
     tmp.replace(path)
 
 
+def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    """One row per policy, task, observations, budget, network size and number of demos."""
+    return (
+        cell["policy"],
+        cell["task"],
+        cell["obs"],
+        cell["budget"],
+        cell.get("nets", "cpu"),
+        cell["demos"],
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     rows = sorted(
         results["cells"],
-        key=lambda c: (c["task"], c["obs"], c["budget"], c.get("nets", "cpu"), c["policy"]),
+        key=lambda c: (
+            c["task"],
+            c["obs"],
+            c["budget"],
+            c.get("nets", "cpu"),
+            c["policy"],
+            c["demos"],
+        ),
     )
     lines = [
         "## Success rates (policies trained on scripted demonstrations)",
@@ -223,12 +242,8 @@ def main() -> int:
                 for obs in args.obs.split(","):
                     for policy in args.policies.split(","):
                         cell = run_cell(policy, task, obs, budget, args)
-                        key = (policy, task, obs, budget, args.nets)
                         results["cells"] = [
-                            c
-                            for c in results["cells"]
-                            if (c["policy"], c["task"], c["obs"], c["budget"], c.get("nets", "cpu"))
-                            != key
+                            c for c in results["cells"] if _key(c) != _key(cell)
                         ] + [cell]
                         save(results, args.results)
                         update_docs_section(DOCS, "success", table(results))
