@@ -3,6 +3,7 @@ skipped actions and safety interventions; success in real time against lock-step
 
     .venv/bin/python benchmarks/deploy.py --checkpoint runs/demo/run_*/checkpoints/last [more …]
     .venv/bin/python benchmarks/deploy.py --seconds 30 --episodes 5     # a quicker run
+    .venv/bin/python benchmarks/deploy.py --cases act --inference process  # model in a process
 
 Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on):
 
@@ -76,7 +77,13 @@ def machine(device: str = "cpu") -> str:
 
 
 def timing_case(
-    name: str, config: Any, rate: float, mode: str, seconds: float, device: str = "cpu"
+    name: str,
+    config: Any,
+    rate: float,
+    mode: str,
+    seconds: float,
+    device: str = "cpu",
+    inference: str = "thread",
 ) -> dict[str, Any]:
     import torch
 
@@ -92,7 +99,9 @@ def timing_case(
         config.obs_keys = ["state", "top"]
         config.action_keys = ["action.joint"]
         policy = make_policy(config, robot.spec).to(device).eval()
-        runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)
+        runner = PolicyRunner(
+            policy, rate, RunnerConfig(mode=mode, inference=inference), clock=robot.clock
+        )
         safety = SafetyFilter(robot.spec, runner.action_key, rate, clock=robot.clock)
         source = SafeSource(runner, safety)
         outcomes = []
@@ -117,7 +126,7 @@ def timing_case(
     s.update(
         case=name,
         rate_hz=rate,
-        mode=runner.mode,
+        mode=runner.mode if inference == "thread" else f"{runner.mode}, {inference}",
         seconds=sum(o.seconds for o in outcomes),
         machine=machine(device),
     )
@@ -234,6 +243,12 @@ def main() -> int:
     ap.add_argument("--cases", default="act,diffusion,trained")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     ap.add_argument("--device", default="cpu", help="inference device of the timing cases")
+    ap.add_argument(
+        "--inference",
+        default="thread",
+        choices=["thread", "process"],
+        help="where the timing cases run the model: a thread beside the loop, or a process",
+    )
     args = ap.parse_args()
     import torch
 
@@ -246,12 +261,20 @@ def main() -> int:
     suffix = "" if args.device == "cpu" else f" ({args.device}, {cores()})"
     if args.device == "cpu" and os.cpu_count() != 2:
         suffix = f" ({cores()})"
+    if args.inference != "thread":
+        suffix += f" [{args.inference}]"
     results: dict[str, Any] = {"cases": []}
     before = json.loads(RESULTS.read_text())["cases"] if RESULTS.exists() else []
     if "act" in cases:
         results["cases"].append(
             timing_case(
-                "act@50Hz" + suffix, ACTConfig(), 50.0, "ensemble", args.seconds, args.device
+                "act@50Hz" + suffix,
+                ACTConfig(),
+                50.0,
+                "ensemble",
+                args.seconds,
+                args.device,
+                args.inference,
             )
         )
     if "diffusion" in cases:
@@ -264,6 +287,7 @@ def main() -> int:
                 "blend",
                 args.seconds,
                 args.device,
+                args.inference,
             )
         )
     if "trained" in cases:

@@ -66,7 +66,9 @@ from sim.world import TABLE_HEIGHT, PhysicsConfig  # noqa: E402
 DOCS_START = "<!-- sim:start -->"
 DOCS_END = "<!-- sim:end -->"
 PARTS = ("control", "render", "experts")
-RENDERERS = ("tiny", "egl")
+# renderer variants: TinyRenderer and EGL drawing the arm with its collision meshes (the
+# default, sim/urdf.py), and TinyRenderer with the URDF's detailed visual meshes
+RENDERERS = ("tiny", "egl", "tiny_full")
 RESOLUTIONS = ((96, 96), (224, 224), (480, 640))  # height × width
 SO101_TASKS = ("reach", "push_cube", "pick_place", "stack", "push_t")
 RENDER_TASK = "pick_place"
@@ -405,7 +407,15 @@ def connect_renderer(renderer: str) -> tuple[PyBulletRobot | None, dict[str, Any
     task, why = load_task(RENDER_TASK)
     if task is None:
         return None, {**info, "available": False, "reason": f"{RENDER_TASK} {why}"}
-    robot = PyBulletRobot("panda", task=task, physics=PhysicsConfig(renderer=renderer), seed=0)
+    backend, _, visuals = renderer.partition("_")
+    info["visuals"] = visuals or "simple"
+    robot = PyBulletRobot(
+        "panda",
+        task=task,
+        physics=PhysicsConfig(renderer=backend),
+        seed=0,
+        visuals=visuals or "simple",
+    )
     try:
         robot.connect()
     except Exception as e:  # EGL that does not load is recorded, not fatal
@@ -688,18 +698,23 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Scene: {render['scene']} (eye 1.1 m in front of the arm, 0.7 m up), "
             "`robot.render(cam)` in a loop after 2 warm-up frames; “+ depth” is "
-            "`robot.render_depth(cam)` (RGB and metric depth from the same render). Both "
-            "renderers' worlds stay open and, per resolution, the four variants take turns in "
+            "`robot.render_depth(cam)` (RGB and metric depth from the same render). The arm is "
+            "drawn with its collision meshes (`visuals: simple`, the default) except in the "
+            "“full meshes” column (`visuals: full`: the URDF's detailed visual meshes). Every "
+            "variant's world stays open and, per resolution, the variants take turns in "
             f"{render.get('bursts', 1)} bursts each; the figure is the median burst, so that "
             "the other tenants' load weighs on every variant alike.",
             "",
         ]
         tiny = render["renderers"].get("tiny", {})
         egl = render["renderers"].get("egl", {})
+        full = render["renderers"].get("tiny_full", {})
         header = [
             "resolution (H×W)",
             "TinyRenderer",
             "Tiny + depth",
+            "Tiny, full meshes",
+            "simple / full",
             "EGL",
             "EGL + depth",
             "EGL / Tiny",
@@ -710,12 +725,15 @@ def markdown(results: dict[str, Any]) -> str:
             res = f"{h}x{w}"
             t = tiny["rows"][i] if tiny.get("available") else None
             e = egl["rows"][i] if egl.get("available") else None
+            f = full["rows"][i] if full.get("available") else None
             anchor = ANCHOR_TINY_FPS.get(res)
             rows.append(
                 [
                     f"{h}×{w}",
                     _f(t["fps"], 1) if t else "n/a",
                     _f(t["fps_with_depth"], 1) if t else "n/a",
+                    _f(f["fps"], 1) if f else "not measured",
+                    f"{t['fps'] / f['fps']:.2f}×" if (t and f) else "—",
                     _f(e["fps"], 1) if e else "n/a",
                     _f(e["fps_with_depth"], 1) if e else "n/a",
                     f"{e['fps'] / t['fps']:.2f}×" if (t and e) else "—",

@@ -7,7 +7,9 @@ the robot keeps moving meanwhile, so the runner
 - keeps the observation history the policy reads (`n_obs_steps` frames, the first frame of an
   episode repeated until there are enough, as training pads episode starts);
 - runs inference on a background thread (`inference="thread"`; torch releases the GIL while
-  it computes), or inline (`"inline"`: deterministic, for lock-step simulation and tests);
+  it computes), in a worker process (`"process"`: the model's Python never holds the loop's
+  GIL; robolearn/inference_worker.py), or inline (`"inline"`: deterministic, for lock-step
+  simulation and tests);
 - schedules every chunk by time: action `i` of a chunk predicted from an observation captured
   at `t_obs` is due at `t_obs + (i - s) / rate_hz`, where `s` is the chunk index of the
   observed step (`-policy.config.action_offset`). At each tick the runner sends the action due
@@ -56,6 +58,7 @@ import numpy as np
 
 from robolearn.errors import RobolearnError
 from robolearn.hal import Clock, Observation, Teleoperator, WallClock
+from robolearn.inference_worker import InferenceProcess, InferenceProcessError, predict_actions
 
 MODES = ("auto", "sync", "receding", "blend", "ensemble")
 SWITCH_INTERVAL_S = 5e-4  # the GIL switch interval while an inference thread runs
@@ -73,17 +76,20 @@ class RunnerConfig:
     ensemble_decay: float = 0.01  # ensemble: m of the weights exp(-m·i), ACT's default
     robot_latency_s: float = 0.0  # from command to motion: actions are picked this far ahead
     camera_latency_s: float = 0.0  # from exposure to the capture time the robot reports
-    inference: str = "thread"  # thread (asynchronous) | inline (in the tick: lock-step, tests)
+    # thread (asynchronous) | process (asynchronous, own interpreter) | inline (in the tick)
+    inference: str = "thread"
     latency_window: int = 20  # inference calls the latency estimate (p90) looks back on
-    # niceness added to the inference thread (Linux): when the model and the control loop want
-    # the same core, the loop's tick wins and the model waits (0: equal shares)
+    # niceness added to the inference thread or process (Linux): when the model and the control
+    # loop want the same core, the loop's tick wins and the model waits (0: equal shares)
     inference_nice: int = 5
 
     def check(self) -> None:
         if self.mode not in MODES:
             raise RunnerError(f"runner.mode={self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.inference not in ("thread", "inline"):
-            raise RunnerError(f"runner.inference={self.inference!r}: choose thread or inline")
+        if self.inference not in ("thread", "process", "inline"):
+            raise RunnerError(
+                f"runner.inference={self.inference!r}: choose thread, process or inline"
+            )
         if self.n_action_steps is not None and int(self.n_action_steps) < 1:
             raise RunnerError(f"runner.n_action_steps must be ≥ 1, got {self.n_action_steps}")
         if int(self.blend_steps) < 0:
@@ -145,6 +151,7 @@ class _Result:
     actions: np.ndarray | None
     latency_s: float
     error: BaseException | None = None
+    counted: bool = True  # a bad (None) chunk was already counted where it was predicted
 
 
 @dataclass
@@ -247,10 +254,31 @@ class PolicyRunner(Teleoperator):
         self._warm = False
         self._switch_interval = sys.getswitchinterval()
         self.worker_nice: int | None = None  # the inference thread's niceness once it runs
+        self._process: InferenceProcess | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def asynchronous(self) -> bool:
+        return self.config.inference != "inline"
+
     def connect(self) -> None:
+        if self.config.inference == "process" and self._process is None and self.mode != "sync":
+            import torch
+
+            try:
+                proc = InferenceProcess(
+                    self.policy,
+                    deliver=self._deliver,
+                    died=self._died,
+                    threads=torch.get_num_threads(),
+                    nice=int(self.config.inference_nice),
+                )
+                proc.start()
+            except InferenceProcessError as e:
+                raise RunnerError(str(e)) from e
+            self._process = proc
+            self.worker_nice = proc.niceness
         if self.config.inference == "thread" and self._thread is None:
             # The inference thread holds the GIL between torch's kernels; with Python's default
             # 5 ms switch interval the control thread can wait that long for it when its tick
@@ -264,6 +292,9 @@ class PolicyRunner(Teleoperator):
             self._thread.start()
 
     def disconnect(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
         thread = self._thread
         if thread is None:
             return
@@ -282,6 +313,8 @@ class PolicyRunner(Teleoperator):
             self._results.clear()
         self.history.clear()
         self.policy.reset()
+        if self._process is not None:
+            self._process.reset()
         self.trace = []
         self.stats = RunnerStats()
         self._reset_state()
@@ -307,7 +340,7 @@ class PolicyRunner(Teleoperator):
         window = self._window()
         for _ in range(1 if self._warm else 2):
             t0 = time.perf_counter()
-            actions = self._predict(window)
+            actions = self._predict_remote(window) if self._process else self._predict(window)
             latency = time.perf_counter() - t0
         self._warm = True
         self.stats.inference_s.append(latency)
@@ -372,16 +405,52 @@ class PolicyRunner(Teleoperator):
     # ------------------------------------------------------------------ inference
     def _predict(self, window: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """One chunk (horizon, action_dim), or None for a NaN/infinite prediction (counted)."""
-        try:
-            out = self.policy.predict_chunk(window)
-        except FloatingPointError:
+        actions = predict_actions(self.policy, window)
+        if actions is None:
             self.stats.bad_chunks += 1
-            return None
-        actions = np.asarray(out[0].float().cpu().numpy() if hasattr(out, "cpu") else out[0])
-        if not np.isfinite(actions).all():
-            self.stats.bad_chunks += 1
-            return None
-        return actions.astype(np.float64)
+        return actions
+
+    def _predict_remote(self, window: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """`_predict` in the inference process, waiting for the answer (priming only)."""
+        assert self._process is not None
+        seq = -self._next_seq()  # negative: never taken for a chunk of the loop
+        self._process.submit(self._generation, seq, window, 0.0)
+        with self._cv:
+            while True:
+                for res in list(self._results):
+                    if res.seq == seq:
+                        self._results.remove(res)
+                        if res.error is not None:
+                            raise RunnerError(
+                                f"the policy failed during inference: {res.error}"
+                            ) from res.error
+                        if res.actions is None:
+                            self.stats.bad_chunks += 1
+                        return res.actions
+                if self._fatal is not None:
+                    raise RunnerError(str(self._fatal)) from self._fatal
+                self._cv.wait(timeout=1.0)
+
+    def _deliver(
+        self,
+        generation: int,
+        seq: int,
+        obs_time: float,
+        actions: np.ndarray | None,
+        latency: float,
+        error: str | None,
+    ) -> None:
+        """An answer of the inference process (on its receiver thread)."""
+        exc = RunnerError(f"in the inference process:\n{error}") if error is not None else None
+        res = _Result(generation, seq, obs_time, actions, latency, exc, counted=False)
+        with self._cv:
+            self._results.append(res)
+            self._cv.notify_all()
+
+    def _died(self, exc: BaseException) -> None:
+        with self._cv:
+            self._fatal = exc
+            self._cv.notify_all()
 
     def _worker(self) -> None:
         self.worker_nice = _lower_priority(int(self.config.inference_nice))
@@ -432,7 +501,7 @@ class PolicyRunner(Teleoperator):
                 # threaded prediction is usable one tick after it was asked for at the earliest,
                 # an inline one at once: ask so that it arrives as the window runs out.
                 end = cur.due(self.start_index + self.n_exec, self.dt)
-                margin = self.dt if self.config.inference == "thread" else 0.0
+                margin = self.dt if self.asynchronous else 0.0
                 due = end - target <= self._expected_latency() + margin + 1e-3 * self.dt
         if not due:
             return
@@ -445,6 +514,12 @@ class PolicyRunner(Teleoperator):
             self._results.append(
                 _Result(req.generation, seq, req.obs_time, actions, time.perf_counter() - t0)
             )
+            return
+        if self._process is not None:
+            try:
+                self._process.submit(req.generation, req.seq, req.window, req.obs_time)
+            except InferenceProcessError as e:
+                raise RunnerError(str(e)) from e
             return
         with self._cv:
             self._request = req
@@ -464,6 +539,8 @@ class PolicyRunner(Teleoperator):
                 raise RunnerError(f"the policy failed during inference: {res.error}") from res.error
             self.stats.inference_s.append(res.latency_s)
             if res.actions is None:
+                if not res.counted:
+                    self.stats.bad_chunks += 1
                 continue  # a bad chunk: the next tick asks again
             self._adopt(self._chunk(res.seq, res.obs_time, res.actions, res.latency_s, now), target)
 

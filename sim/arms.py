@@ -11,6 +11,7 @@ import numpy as np
 import pybullet as p
 from pybullet_utils import bullet_client
 
+from sim.urdf import variant
 from sim.world import new_client, quat_multiply, quat_to_rotvec
 
 ASSETS = Path(__file__).parent / "assets"
@@ -126,17 +127,24 @@ class SimArm:
     a target never disturbs the simulation.
     """
 
-    def __init__(self, client: bullet_client.BulletClient, model: ArmModel) -> None:
+    def __init__(
+        self, client: bullet_client.BulletClient, model: ArmModel, visuals: str = "simple"
+    ) -> None:
         self.model = model
         self.client = client
         orientation = p.getQuaternionFromEuler([0, 0, model.base_yaw])
         flags = p.URDF_USE_SELF_COLLISION_EXCLUDE_PARENT
+        # drawn with the coarse collision meshes unless asked otherwise (sim/urdf.py)
         self.body = client.loadURDF(
-            model.urdf, model.base_position, orientation, useFixedBase=True, flags=flags
+            variant(model.urdf, visuals),
+            model.base_position,
+            orientation,
+            useFixedBase=True,
+            flags=flags,
         )
-        self.kin = new_client()
+        self.kin = new_client()  # never renders: the light drawing whatever `visuals` says
         self.kin_body = self.kin.loadURDF(
-            model.urdf, model.base_position, orientation, useFixedBase=True
+            variant(model.urdf, "simple"), model.base_position, orientation, useFixedBase=True
         )
         index = {
             client.getJointInfo(self.body, j)[1].decode(): j

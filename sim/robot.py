@@ -12,6 +12,7 @@ from robolearn.hal import Observation, SimRobot
 from robolearn.spec import Feature, FeatureSpec
 from sim.arms import PANDA, SO101, ArmModel, SimArm
 from sim.tasks.base import Task
+from sim.urdf import VISUALS, variant
 from sim.world import (
     LockStepClock,
     PhysicsConfig,
@@ -99,6 +100,10 @@ class PyBulletRobot(SimRobot):
 
     `clock="lockstep"` runs the physics only when the control loop sleeps (as fast as the CPU
     allows); `clock="realtime"` keeps simulated time equal to wall time.
+
+    `visuals`: how the arm is drawn. "simple" (default) draws each link with its collision mesh,
+    about 5× faster to render with TinyRenderer and to load than the detailed visual meshes
+    ("full"; the same picture at 96×96, see sim/urdf.py). Physics is the same in both.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class PyBulletRobot(SimRobot):
         max_ee_step: float = 0.05,
         max_rot_step: float = 0.3,
         seed: int | None = None,
+        visuals: str = "simple",
     ) -> None:
         if isinstance(arm, str):
             if arm not in ARMS:
@@ -119,6 +125,11 @@ class PyBulletRobot(SimRobot):
             arm = ARMS[arm]
         if clock not in ("lockstep", "realtime"):
             raise ValueError(f"clock must be 'lockstep' or 'realtime', got {clock!r}")
+        if visuals not in VISUALS:
+            raise ValueError(
+                f"visuals={visuals!r}: choose simple (the collision meshes, fast to load and "
+                "render) or full (the URDF's detailed meshes)"
+            )
         names = [c.name for c in cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must differ, got {names}")
@@ -130,6 +141,7 @@ class PyBulletRobot(SimRobot):
         self.max_ee_step = float(max_ee_step)
         self.max_rot_step = float(max_rot_step)
         self._seed = seed
+        self.visuals = visuals
         self.world: SimWorld | None = None
         self.arm: SimArm | None = None
         self._clock: LockStepClock | RealTimeClock | None = None
@@ -185,7 +197,7 @@ class PyBulletRobot(SimRobot):
         # Read the limits from the URDF once, with a throwaway kinematics client.
         client = new_client()
         try:
-            body = client.loadURDF(self.model.urdf, useFixedBase=True)
+            body = client.loadURDF(variant(self.model.urdf, "simple"), useFixedBase=True)
             index = {
                 client.getJointInfo(body, j)[1].decode(): j
                 for j in range(client.getNumJoints(body))
@@ -216,7 +228,7 @@ class PyBulletRobot(SimRobot):
     # ------------------------------------------------------------------ lifecycle
     def _connect(self) -> None:
         self.world = SimWorld(self.physics)
-        self.arm = SimArm(self.world.client, self.model)
+        self.arm = SimArm(self.world.client, self.model, self.visuals)
         if self.task is not None:
             self.task.build(self.world, self.arm)
         self._clock = (

@@ -39,6 +39,9 @@ def test_quick_run_writes_json_and_its_docs_section(tmp_path: Path) -> None:
     tiny = results["render"]["renderers"]["tiny"]
     assert [r["resolution"] for r in tiny["rows"]] == ["96x96", "224x224", "480x640"]
     assert "egl" in results["render"]["renderers"]  # measured, or why not
+    full = results["render"]["renderers"]["tiny_full"]  # the URDF's detailed meshes
+    assert tiny["visuals"] == "simple" and full["visuals"] == "full"
+    assert [r["resolution"] for r in full["rows"]] == ["96x96", "224x224", "480x640"]
     experts = {(r["arm"], r["task"]): r for r in results["experts"]}
     assert set(experts) == {("panda", "reach"), ("so101", "reach")}
     assert experts["panda", "reach"]["episodes"] == 1
@@ -47,6 +50,7 @@ def test_quick_run_writes_json_and_its_docs_section(tmp_path: Path) -> None:
     assert OTHER in text
     section = text[text.index("<!-- sim:start -->") : text.index("<!-- sim:end -->")]
     assert "--quick --tasks reach --seeds 1" in section and "quick mode" in section
+    assert "Tiny, full meshes" in section
 
     # --render-only rebuilds the same section from the JSON.
     docs.write_text("# Benchmarks\n\n" + OTHER)

@@ -1,11 +1,13 @@
 """The deployment runtime on the real PyBullet robot: asynchronous inference that never makes
 the loop wait, chunk scheduling by time, the safety filter, the watchdog, the emergency stop,
-blending, real time against lock-step, and `robolearn deploy` end to end."""
+blending, real time against lock-step, inference in a worker process, and `robolearn deploy` end
+to end."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -348,3 +350,78 @@ def test_end_effector_steps_and_the_workspace_box(reach_run: Path) -> None:
         pos = np.asarray(obs["ee_pose"])[:3]
     assert (pos <= np.array(box[1]) + 0.02).all(), pos
     assert filt.counts["workspace"] > 0 and filt.counts["rate"] > 0
+
+
+# ---------------------------------------------------------------- inference in a worker process
+def test_the_worker_process_predicts_what_the_policy_predicts_and_the_loop_keeps_time(
+    reach_run: Path,
+) -> None:
+    policy, env = load(reach_run)
+    rate = 10.0
+    with make_sim_robot(env, [], clock="realtime") as robot:
+        runner = PolicyRunner(
+            policy, rate, RunnerConfig(mode="blend", inference="process"), clock=robot.clock
+        )
+        source = SafeSource(runner, SafetyFilter(robot.spec, KEY, rate, clock=robot.clock))
+        with connected(source):
+            proc = runner._process
+            assert proc is not None and proc.alive and proc.pid != os.getpid()
+            # the worker runs at a lower priority than this process
+            assert runner.worker_nice == min(
+                19, os.getpriority(os.PRIO_PROCESS, 0) + RunnerConfig().inference_nice
+            )
+            out = run_episode(
+                robot,
+                source,
+                rate,
+                episode=0,
+                seed=EVAL_SEED,
+                max_seconds=4.0,
+                stop_on_success=False,
+            )
+            # the same window gives the same chunk in the worker as here, to the bit
+            window = runner._window()
+            np.testing.assert_array_equal(runner._predict_remote(window), runner._predict(window))
+        assert not proc.alive  # disconnect stopped it
+    assert out.ticks >= 38 and out.loop["overruns"] == 0, out.loop
+    assert out.runner["inference"] == "process"
+    assert runner.stats.chunks >= 4 and out.runner["starved_ticks"] == 0
+    sent = [e for e in runner.trace if e.due is not None]
+    assert (np.diff([e.due for e in sent]) > 0).all(), "actions went out of time order"
+
+
+def test_a_dead_worker_stops_the_episode_with_its_exit_code(reach_run: Path) -> None:
+    policy, env = load(reach_run)
+    with make_sim_robot(env, [], clock="lockstep") as robot:
+        runner = PolicyRunner(
+            policy, 10.0, RunnerConfig(mode="receding", inference="process"), clock=robot.clock
+        )
+        runner.connect()
+        try:
+            obs = robot.observe()
+            runner.prime(obs)
+            assert runner.read(obs) is not None
+            assert runner._process is not None and runner._process.pid is not None
+            os.kill(runner._process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            error = None
+            while error is None and time.monotonic() < deadline:
+                robot.clock.sleep_until(robot.clock.now() + 0.1)
+                try:
+                    runner.read(robot.observe())
+                except RunnerError as e:
+                    error = e
+                time.sleep(0.05)
+            assert error is not None, "the runner went on without its worker"
+            assert "inference process died (exit code -9)" in str(error)
+        finally:
+            runner.disconnect()
+
+
+def test_only_a_saved_policy_can_run_in_a_worker_process(reach_run: Path) -> None:
+    policy, _ = load(reach_run)
+    runner = PolicyRunner(Wrapped(policy), 10.0, RunnerConfig(inference="process"))
+    with pytest.raises(RunnerError, match=r"needs a robolearn Policy.*inference=thread"):
+        runner.connect()
+    with pytest.raises(RunnerError, match="choose thread, process or inline"):
+        PolicyRunner(policy, 10.0, RunnerConfig(inference="fork"))
