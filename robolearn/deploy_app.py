@@ -283,6 +283,13 @@ def run_deploy(cfg: DictConfig) -> int:
     return 0
 
 
+def _ms(value: float | None) -> str:
+    """Milliseconds for a person: about 3 significant digits (JSON keeps the full figure)."""
+    if value is None:
+        return "n/a"
+    return f"{value:.{0 if value >= 100 else 1 if value >= 10 else 2}f} ms"
+
+
 def _print_episode(o: Any) -> None:
     r, sf = o.runner, o.safety
     inter = ", ".join(f"{k} {v}" for k, v in sf["interventions"].items()) or "none"
@@ -291,8 +298,8 @@ def _print_episode(o: Any) -> None:
         f"episode {o.episode}"
         + (f" (seed {o.seed})" if o.seed is not None else "")
         + f": {ok} · ended by {o.ended} after {o.ticks} ticks ({o.seconds:.1f} s) · "
-        f"inference p50 {r['inference_ms']['p50']} ms p99 {r['inference_ms']['p99']} ms · "
-        f"action age p50 {r['action_age_ms']['p50']} ms · skipped {r['skipped_actions']} · "
+        f"inference p50 {_ms(r['inference_ms']['p50'])} p99 {_ms(r['inference_ms']['p99'])} · "
+        f"action age p50 {_ms(r['action_age_ms']['p50'])} · skipped {r['skipped_actions']} · "
         f"deadline misses {o.loop.get('overruns', 0)} · safety: {inter}",
         highlight=False,
     )
@@ -309,8 +316,9 @@ def _print_summary(sm: dict[str, Any]) -> None:
     inter = ", ".join(f"{k} {v}" for k, v in sm["interventions"].items()) or "none"
     out_console.print(f"[bold]{head}[/]", highlight=False)
     out_console.print(
-        f"  inference p50 {sm['inference_ms']['p50_median']} ms, p99 {sm['inference_ms']['p99_max']} ms · "
-        f"action age p50 {sm['action_age_ms']['p50_median']} ms · skipped actions "
+        f"  inference p50 {_ms(sm['inference_ms']['p50_median'])}, "
+        f"p99 {_ms(sm['inference_ms']['p99_max'])} · "
+        f"action age p50 {_ms(sm['action_age_ms']['p50_median'])} · skipped actions "
         f"{sm['skipped_actions']} · starved ticks {sm['starved_ticks']} · deadline misses "
         f"{sm['overruns']} of {sm['ticks']} ticks · safety interventions: {inter}",
         highlight=False,
