@@ -8,9 +8,10 @@ model's Python, only for a core, and the operating system's scheduler (with the 
 lowered priority) decides that.
 
 The parent saves the policy with its own `save` (safetensors + config; nothing pickled) into a
-temporary directory; the child (started with `spawn`, so no locks or threads are inherited)
-loads it on the same device, reports ready, and then answers requests in order: an
-observation window in, a chunk out, with the time the request took from send to answer. A
+temporary directory, removed as soon as the child has loaded it; the child (started with
+`spawn`, so no locks or threads are inherited) loads it on the same device, reports ready, and
+then answers requests in order: an observation window in, a chunk out, with the time the
+request took from send to answer. A
 receiver thread in the parent hands each answer to the runner as it arrives; if the child
 dies, the runner is told and stops the episode with the exit code.
 """
@@ -174,6 +175,9 @@ class InferenceProcess:
                 f"the inference process could not load the policy:\n{msg[1]}"
             )
         _, self.pid, self.niceness = msg
+        # the child holds the weights now: drop the copy at once (a killed parent leaves nothing)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None
         self._receiver = threading.Thread(
             target=self._receive, name="robolearn-inference-receiver", daemon=True
         )

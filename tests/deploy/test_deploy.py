@@ -366,6 +366,7 @@ def test_the_worker_process_predicts_what_the_policy_predicts_and_the_loop_keeps
         with connected(source):
             proc = runner._process
             assert proc is not None and proc.alive and proc.pid != os.getpid()
+            assert proc._dir is None  # the saved copy is gone once the worker loaded it
             # the worker runs at a lower priority than this process
             assert runner.worker_nice == min(
                 19, os.getpriority(os.PRIO_PROCESS, 0) + RunnerConfig().inference_nice
