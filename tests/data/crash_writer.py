@@ -3,6 +3,7 @@
 Episode k's contents and length depend only on k, so the test can rebuild what every committed
 episode must hold, byte for byte, without the writer telling it anything. With `process` as
 second argument the writer is a ProcessEpisodeWriter, and "ready" also names its process id.
+After each `save()` returns it prints "saved K": from then on episode K must survive any kill.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(path: str, mode: str = "thread") -> None:
                     {key: content[key][i] for key in SPEC}, timestamp=float(content["timestamp"][i])
                 )
             writer.save(success=bool(k % 2))
+            print(f"saved {k}", flush=True)
             k += 1
 
 
