@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from crash_writer import CODECS, FPS, SPEC, episode_content
 
 CHILD = Path(__file__).with_name("crash_writer.py")
-KILLS = 36
-PROCESS_KILLS = 16
+KILLS = 24
+PROCESS_KILLS = 12
 
 
 def check_committed(path: Path, verified: dict[int, int]) -> int:
@@ -82,7 +82,7 @@ def test_sigkill_at_random_moments_never_harms_committed_episodes(tmp_path: Path
         else:
             line = child.stdout.readline()
             assert line.startswith("ready"), child.stderr.read()
-            if kill % 4 in (1, 2):  # half the runs commit at least one episode, however slow
+            if kill % 4 == 1:  # a quarter of the runs commit an episode, however slow the machine
                 wait_for_save(child, said)
             time.sleep(rng.uniform(0.0, 0.6))
         child.send_signal(signal.SIGKILL)
@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_never_harms_committed_episodes(tmp_path: Path
 
     # Most kills must land mid-episode, or the test proves little.
     assert cut_reports >= KILLS // 3, f"only {cut_reports} kills caught an episode in flight"
-    assert counts[-1] >= KILLS // 2
+    assert counts[-1] >= KILLS // 4
     # The store opens for writing, says what it cut, and takes new episodes.
     store = EpisodeStore.open(path, "a")
     assert store.recovery.episodes == counts[-1]
@@ -160,7 +160,7 @@ def test_process_writer_sigkill_of_either_process_never_harms_committed_episodes
         assert line.startswith("ready"), parent.stderr.read()
         writer = int(line.split()[2])
         said: list[str] = []
-        if kill % 4 in (1, 2):  # half the runs commit at least one episode, however slow
+        if kill % 4 in (1, 2):  # half the runs commit an episode, however slow the machine
             wait_for_save(parent, said)
         time.sleep(rng.uniform(0.0, 0.8))
         if kill % 2:  # the writer process: the recording process must say so and stop
