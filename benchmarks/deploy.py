@@ -200,17 +200,27 @@ def table(results: dict[str, Any]) -> str:
         f"({meta['threads']} inference threads). Simulated Panda, pick_place "
         "scene, real-time clock, safety filter on. ACT and diffusion: ANCHORS.md's networks with "
         "fresh weights (runtime figures only; their actions are arbitrary, so the filter works "
-        "hard). Deadline misses: ticks that ended after the next tick's deadline. Machine: where "
+        "hard). Deadline misses: ticks that ended after the next tick's deadline. Tick work: "
+        "the loop's own time per tick (observe, the runner's decision, act, record), without "
+        "the wait for the deadline; p50 is the median over episodes, p99 the worst episode's. "
+        "Machine: where "
         "the case ran (cases keep their figures until they are run again; `2 cores` is the "
         "development machine, no GPU).",
         "",
-        "| case | machine | mode | run | ticks | deadline misses | inference p50 / p99 | action age p50 "
+        "| case | machine | mode | run | ticks | deadline misses | tick work p50 / p99 "
+        "| inference p50 / p99 | action age p50 "
         "| skipped actions | starved ticks | safety interventions | success real time | "
         "success lock-step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cases"]:
         inf, age = c["inference_ms"], c["action_age_ms"]
+        work = c.get("work_ms") or {}
+        work_text = (
+            f"{work['p50_median']:.1f} / {work['p99_max']:.1f} ms"
+            if work.get("p50_median") is not None
+            else "—"
+        )
         if c.get("interventions") is None:
             inter = "(not measured in this run)"
         else:
@@ -226,7 +236,7 @@ def table(results: dict[str, Any]) -> str:
             )
         lines.append(
             f"| {c['case']} | {c.get('machine', '2 cores')} | {c['mode']} | {c['seconds']:.0f} s, {c['episodes']} episodes | "
-            f"{c['ticks']} | **{c['overruns']}** | {inf['p50_median']:.1f} / "
+            f"{c['ticks']} | **{c['overruns']}** | {work_text} | {inf['p50_median']:.1f} / "
             f"{inf['p99_max']:.1f} ms | {age['p50_median']:.0f} ms | {c['skipped_actions']} | "
             f"{c['starved_ticks']} | {inter} | {rt} | {lk} |"
         )

@@ -267,6 +267,15 @@ def summarize(outcomes: list[DeployOutcome]) -> dict[str, Any]:
         "ticks": sum(o.ticks for o in outcomes),
         "overruns": sum(int(o.loop.get("overruns", 0)) for o in outcomes),
         "skipped_ticks": sum(int(o.loop.get("skipped_ticks", 0)) for o in outcomes),
+        "work_ms": pooled("loop", "work_ms"),
+        "stage_ms": {
+            stage: {
+                "mean": float(np.mean([o.loop["stage_ms"][stage]["mean"] for o in staged])),
+                "p99_max": float(max(o.loop["stage_ms"][stage]["p99"] for o in staged)),
+            }
+            for stage in ("observe", "decide", "act", "record")
+            if (staged := [o for o in outcomes if stage in o.loop.get("stage_ms", {})])
+        },
         "inference_ms": pooled("runner", "inference_ms"),
         "action_age_ms": pooled("runner", "action_age_ms"),
         "skipped_actions": sum(int(o.runner.get("skipped_actions", 0)) for o in outcomes),

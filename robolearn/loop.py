@@ -124,6 +124,12 @@ class LoopStats:
                 "p99": _round(float(np.percentile(err, 99))),
                 "max": _round(float(err.max())),
             }
+            work = np.sum([v for v in self.stage_times.values() if v], axis=0) * 1e3
+            out["work_ms"] = {  # a tick's own work: observe + decide + act + record
+                "p50": _round(float(np.percentile(work, 50))),
+                "p99": _round(float(np.percentile(work, 99))),
+                "max": _round(float(work.max())),
+            }
             out["stage_ms"] = {
                 s: {
                     "mean": _round(float(np.mean(v)) * 1e3),

@@ -39,6 +39,11 @@ def test_ticks_are_due_on_absolute_deadlines_and_every_stage_is_timed() -> None:
     assert all(t.start >= t.deadline for t in ticks)  # never early
     summary = stats.summary()
     assert set(summary["stage_ms"]) == {"observe", "decide", "act", "record"}
+    # a tick's work is the sum of its stages: its mean lies between the stages' largest mean
+    # and their sum of p99s, and the worst tick is no shorter than its p99
+    work, stages = summary["work_ms"], summary["stage_ms"].values()
+    assert max(s["mean"] for s in stages) <= work["p99"] <= work["max"]
+    assert work["p50"] <= sum(s["p99"] for s in stages) + 1e-3
     assert summary["real_rate_hz"] == pytest.approx(50, rel=0.2)
     assert set(ticks[0].action) == {"action.ee", "action.joint"}  # every representation as sent
 
