@@ -496,12 +496,14 @@ def bench_expert(arm: str, task_name: str, seeds: int, bar: Progress) -> dict[st
     job = bar.add_task(f"expert {arm} {task_name}", total=seeds)
     successes: list[bool] = []
     steps: list[int] = []
+    scores: list[float] = []
     t0 = time.perf_counter()
     with PyBulletRobot(arm, task=task) as robot:
         for seed in range(seeds):
             episode = run_expert(robot, seed)
             successes.append(bool(episode.success))
             steps.append(int(episode.steps))
+            scores.append(float(task.score()))  # push_t: area coverage; 1/0 for the others
             bar.advance(job)
     wall = time.perf_counter() - t0
     bar.remove_task(job)
@@ -515,6 +517,7 @@ def bench_expert(arm: str, task_name: str, seeds: int, bar: Progress) -> dict[st
         success_rate=float(ok.mean()),
         mean_steps=float(n_steps.mean()),
         mean_steps_success=float(n_steps[ok].mean()) if ok.any() else None,
+        mean_score=float(np.mean(scores)),
         timeouts=int((n_steps >= task.max_steps).sum()),
         wall_seconds=wall,
         seconds_per_episode=wall / seeds,
@@ -769,7 +772,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "`sim.rollout.run_expert(robot, seed)` per seed, lock-step, no camera. Success is the "
             "task's own check after the expert is done and the scene settled; a timeout is an "
-            "episode that reached the task's step limit. These figures change as the experts "
+            "episode that reached the task's step limit; the final score is the task's score when "
+            "the episode ends (push_t: the T's area coverage; other tasks: 1 on success). These figures change as the experts "
             "improve: re-measure one task with `.venv/bin/python benchmarks/sim.py --parts "
             "experts --tasks NAME`.",
             "",
@@ -778,7 +782,7 @@ def markdown(results: dict[str, Any]) -> str:
         for r in experts:
             arm = "Panda" if r["arm"] == "panda" else "SO-101"
             if not r["available"]:
-                rows.append([*_run_tag(results, r), arm, r["task"], r["reason"]] + [""] * 6)
+                rows.append([*_run_tag(results, r), arm, r["task"], r["reason"]] + [""] * 7)
                 continue
             failed = r["failed_seeds"]
             rows.append(
@@ -790,6 +794,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{r['success_rate']:.0%}",
                     _f(r["mean_steps"], 1),
                     _f(r["mean_steps_success"], 1),
+                    _f(r.get("mean_score"), 2),
                     str(r["timeouts"]),
                     _f(r["wall_seconds"], 1),
                     (", ".join(map(str, failed[:12])) + (" …" if len(failed) > 12 else "")) or "—",
@@ -804,6 +809,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "rate",
                 "mean steps",
                 "mean steps (successes)",
+                "final score",
                 "timeouts",
                 "wall s",
                 "failed seeds",

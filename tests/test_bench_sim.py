@@ -45,12 +45,14 @@ def test_quick_run_writes_json_and_its_docs_section(tmp_path: Path) -> None:
     experts = {(r["arm"], r["task"]): r for r in results["experts"]}
     assert set(experts) == {("panda", "reach"), ("so101", "reach")}
     assert experts["panda", "reach"]["episodes"] == 1
+    reach = experts["panda", "reach"]  # reach scores 1 on success and 0 otherwise
+    assert reach["mean_score"] == reach["success_rate"] == 1.0
 
     text = docs.read_text()
     assert OTHER in text
     section = text[text.index("<!-- sim:start -->") : text.index("<!-- sim:end -->")]
     assert "--quick --tasks reach --seeds 1" in section and "quick mode" in section
-    assert "Tiny, full meshes" in section
+    assert "Tiny, full meshes" in section and "| final score |" in section
 
     # --render-only rebuilds the same section from the JSON.
     docs.write_text("# Benchmarks\n\n" + OTHER)
