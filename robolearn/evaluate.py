@@ -234,6 +234,7 @@ class EvalJob:
     max_steps: int | None = None
     threads: int = 1
     mode: str = "sync"
+    video_size: tuple[int, int] = (VIDEO_CAMERA["width"], VIDEO_CAMERA["height"])
 
 
 def _worker(job: EvalJob, results: Any) -> None:
@@ -247,7 +248,8 @@ def _worker(job: EvalJob, results: Any) -> None:
 
         policy = Policy.load(job.checkpoint, device=job.device)
         executor = ChunkExecutor(policy, job.action_key, job.mode)
-        video = CameraConfig(**VIDEO_CAMERA)
+        width, height = job.video_size
+        video = CameraConfig(**{**VIDEO_CAMERA, "width": width, "height": height})
         with make_sim_robot(job.robot, policy.image_keys) as robot:
             for seed in job.seeds:
                 with_video = seed in job.video_seeds
@@ -391,13 +393,21 @@ def evaluate(
     max_steps: int | None = None,
     progress: Callable[[EpisodeOutcome], None] | None = None,
     mode: str = "sync",
+    video_size: Sequence[int] = (VIDEO_CAMERA["width"], VIDEO_CAMERA["height"]),
 ) -> EvalReport:
     """Roll out the policy saved in `checkpoint` for `episodes` seeds from `seed` on, executing
-    its chunks in `mode` (the deployment runtime's modes, robolearn.runner)."""
+    its chunks in `mode` (the deployment runtime's modes, robolearn.runner); the videos are
+    `video_size` = (width, height) pixels."""
     from robolearn.runner import MODES
 
     if mode not in MODES:
         raise EvalError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
+    size = tuple(video_size)
+    if len(size) != 2 or not all(isinstance(v, int) and 16 <= v <= 4096 for v in size):
+        raise EvalError(
+            f"video_size={list(size)}: give [width, height] in pixels, each 16…4096 "
+            "(e.g. video_size=[480,360])"
+        )
     if episodes < 1:
         raise EvalError(f"episodes must be at least 1, got {episodes}")
     seeds = list(range(seed, seed + episodes))
@@ -418,6 +428,7 @@ def evaluate(
             max_steps=max_steps,
             threads=max(1, default_workers() // workers),
             mode=mode,
+            video_size=(size[0], size[1]),
         )
         for part in split_seeds(seeds, workers)
     ]

@@ -58,6 +58,7 @@ groups:
 
 keys:
   checkpoint=RUN_DIR|POLICY_DIR  episodes=50  seed=100000  workers=N  videos=3  out=DIR
+  video_size=[480,360]   (width, height of the videos)
   device=cpu|cuda  action_key=action.joint  max_steps=N
   mode=sync|receding|blend|ensemble|auto   (how chunks are executed; robolearn deploy's modes)
 """
@@ -282,6 +283,7 @@ class EvalSettings:
     action_key: str | None = None
     max_steps: int | None = None
     mode: str = "sync"
+    video_size: list[int] = dataclasses.field(default_factory=lambda: [480, 360])
 
 
 def eval_main(argv: Sequence[str]) -> int:
@@ -381,6 +383,7 @@ def run_eval(cfg: DictConfig) -> int:
             max_steps=s.max_steps,
             progress=step,
             mode=s.mode,
+            video_size=s.video_size,
         )
     out_console.print(f"[bold]{report.summary()}[/]", highlight=False)
     out_console.print(

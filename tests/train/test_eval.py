@@ -73,10 +73,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_reports_success_with_an_interval_videos_and_json(trained_run: Path) -> None:
     out = trained_run / "my_eval"
-    cfg = compose(
-        "eval",
-        [f"checkpoint={trained_run}", "episodes=4", "workers=2", "videos=1", f"out={out}"],
-    )
+    args = [f"checkpoint={trained_run}", "episodes=4", "workers=2", "videos=1", f"out={out}"]
+    cfg = compose("eval", [*args, "video_size=[240,180]"])
     assert run_eval(cfg) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 4 and report["task"] == "reach" and report["workers"] == 2
@@ -94,7 +92,7 @@ def test_eval_reports_success_with_an_interval_videos_and_json(trained_run: Path
     seed0 = next(e for e in report["per_episode"] if e["seed"] == 100000)
     assert frames == seed0["steps"] + 1
     ok, frame = cap.read()
-    assert ok and frame.shape == (360, 480, 3) and frame.std() > 10
+    assert ok and frame.shape == (180, 240, 3) and frame.std() > 10
 
 
 def test_eval_of_the_same_seeds_is_reproducible_in_one_process(trained_run: Path) -> None:
@@ -122,10 +120,8 @@ def test_eval_needs_a_simulated_scene_and_a_checkpoint(trained_run: Path, tmp_pa
     with pytest.raises(ConfigError, match="robot=sim_panda"):
         run_eval(compose("eval", [f"checkpoint={bare}", "episodes=1"]))
     out = tmp_path / "named"
-    cfg = compose(
-        "eval",
-        [f"checkpoint={bare}", "robot=sim_panda", "task=reach", "episodes=1", f"out={out}"],
-    )
+    args = [f"checkpoint={bare}", "robot=sim_panda", "task=reach", "episodes=1", f"out={out}"]
+    cfg = compose("eval", [*args, "videos=0"])
     assert run_eval(cfg) == 0 and (out / "report.json").exists()
 
 
@@ -197,3 +193,6 @@ def test_the_executor_runs_the_runtime_modes_in_lock_step(tmp_path: Path) -> Non
     assert calls == {"sync": 3, "receding": 3, "ensemble": 9}
     with pytest.raises(EvalError, match="mode='fast'"):
         evaluate(tmp_path, {}, episodes=1, out_dir=tmp_path / "x", mode="fast")
+    for size in ([480], [480, 0], [480.5, 360]):
+        with pytest.raises(EvalError, match=r"video_size=.*\[width, height\] in pixels"):
+            evaluate(tmp_path, {}, episodes=1, out_dir=tmp_path / "x", video_size=size)
