@@ -213,8 +213,8 @@ def test_koch_follower_and_leader(tmp_path: Path) -> None:
             )
         )
         leader = KochLeader(KochLeaderConfig(port=hand.port, id="leader", calibration_dir=tmp_path))
-        robot.connect(calibrate=False)
-        leader.connect(calibrate=False)
+        connect_bus(robot, calibrate=False)
+        connect_bus(leader, calibrate=False)
         try:
             assert robot.is_calibrated and leader.is_calibrated
             assert arm.register("gripper", "Operating_Mode") == 5  # configure() reached the servos

@@ -108,7 +108,7 @@ def test_connect_checks_ids_and_models(emu: FeetechBusEmulator) -> None:
         emu.port, lerobot_motors() | {"extra": Motor(7, "sts3215", MotorNormMode.DEGREES)}
     )
     with pytest.raises(RuntimeError, match=r"Missing motor IDs:\n  - 7"):
-        missing.connect()
+        connect_bus(missing)  # a real fault fails every try
     missing.port_handler.closePort()
 
     wrong = FeetechMotorsBus(emu.port, {"shoulder_pan": Motor(1, "sts3250", MotorNormMode.DEGREES)})
@@ -433,7 +433,7 @@ def test_so101_follower_observes_and_acts(tmp_path: Path) -> None:
                 port=emu.port, id="follower", calibration_dir=tmp_path, use_degrees=True
             )
         )
-        robot.connect(calibrate=False)
+        connect_bus(robot, calibrate=False)
         try:
             assert robot.is_calibrated  # the file and the servos' EEPROM agree
             assert all(emu.register(n, "Torque_Enable") == 1 for n in so101_motors())
@@ -476,7 +476,7 @@ def test_so101_leader_reads_hand_moved_joints(tmp_path: Path) -> None:
         leader = SO101Leader(
             SO101LeaderConfig(port=emu.port, id="leader", calibration_dir=tmp_path)
         )
-        leader.connect(calibrate=False)
+        connect_bus(leader, calibrate=False)
         try:
             emu.set_position("elbow_flex", 2500)
             emu.set_position("gripper", 4095)
