@@ -7,8 +7,11 @@ UV := ./scripts/uv
 demo:
 	$(UV) run --locked robolearn demo
 
+# The suite in two runs (tests/conftest.py): the tests that do not depend on wall-clock time on
+# one pytest-xdist worker per core, then the `alone` ones, one at a time. Both always run.
 test:
-	$(UV) run --locked pytest
+	$(UV) run --locked pytest -m "not alone" --numprocesses=auto --maxprocesses=4 --dist=loadgroup; \
+	a=$$?; $(UV) run --locked pytest -m alone; b=$$?; test $$a -eq 0 && test $$b -eq 0
 
 lint:
 	$(UV) run --locked ruff check .

@@ -62,7 +62,8 @@ def test_an_overrun_is_reported_and_handled_as_configured(policy: str) -> None:
             on_overrun=lambda i, late: reported.append((i, late)),
         )
         stats = loop.run(duration=0.5)
-    assert stats.overruns >= 1 and reported[0][0] == 5 and reported[0][1] > 0.05
+    # tick 5's overrun is reported (a busy machine may add a short one elsewhere)
+    assert stats.overruns >= 1 and any(i == 5 and late > 0.05 for i, late in reported)
     deadlines = np.round((np.array([t.deadline for t in ticks]) - ticks[0].deadline) * 50)
     if policy == "skip":
         # the missed deadlines are dropped and counted; the phase is kept
