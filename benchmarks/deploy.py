@@ -13,6 +13,10 @@ Cases (simulated Panda, pick_place scene, real-time clock, the safety filter on)
   temporal ensembling, for `--seconds`;
 - `diffusion@10Hz`: diffusion policy at ANCHORS.md's profile (ResNet-18 GroupNorm + spatial
   softmax, U-Net 256-512-1024, 10 DDIM steps) reading the same, blending, for `--seconds`;
+- `floor@50Hz`: the simulator's and the loop's own cost, with next to no model: a fresh
+  two-layer MLP (64 units) on the joint state alone, the same 96×96 camera still rendered at
+  30 fps, blending, for `--seconds`. Its deadline misses are the floor under `act@50Hz`'s on the
+  same machine: misses the model cannot be blamed for;
 - `--checkpoint A B …` (trained policies, e.g. the demo's MLP and benchmarks/success.py's
   runs): `--episodes` real-time episodes on evaluation seeds, in the policy's own mode
   (`runner.mode=auto`), against a lock-step evaluation of the same checkpoint on the same
@@ -84,6 +88,7 @@ def timing_case(
     seconds: float,
     device: str = "cpu",
     inference: str = "thread",
+    obs_keys: tuple[str, ...] = ("state", "top"),
 ) -> dict[str, Any]:
     import torch
 
@@ -96,7 +101,7 @@ def timing_case(
     torch.manual_seed(0)
     e = env("pick_place", camera=True)
     with make_sim_robot(e, ["top"], clock="realtime") as robot:
-        config.obs_keys = ["state", "top"]
+        config.obs_keys = list(obs_keys)
         config.action_keys = ["action.joint"]
         policy = make_policy(config, robot.spec).to(device).eval()
         runner = PolicyRunner(
@@ -200,7 +205,8 @@ def table(results: dict[str, Any]) -> str:
         f"({meta['threads']} inference threads). Simulated Panda, pick_place "
         "scene, real-time clock, safety filter on. ACT and diffusion: ANCHORS.md's networks with "
         "fresh weights (runtime figures only; their actions are arbitrary, so the filter works "
-        "hard). Deadline misses: ticks that ended after the next tick's deadline. Tick work: "
+        "hard); floor: a 64-unit MLP on the joint state alone, the camera still rendered (what the "
+        "simulator and the loop cost without a model). Deadline misses: ticks that ended after the next tick's deadline. Tick work: "
         "the loop's own time per tick (observe, the runner's decision, act, record), without "
         "the wait for the deadline; p50 is the median over episodes, p99 the worst episode's. "
         "Machine: where "
@@ -250,7 +256,7 @@ def main() -> int:
         "--checkpoint", type=Path, nargs="*", default=[], help="trained policies: success cases"
     )
     ap.add_argument("--episodes", type=int, default=20, help="success case: episodes each way")
-    ap.add_argument("--cases", default="act,diffusion,trained")
+    ap.add_argument("--cases", default="act,diffusion,floor,trained")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     ap.add_argument("--device", default="cpu", help="inference device of the timing cases")
     ap.add_argument(
@@ -264,6 +270,7 @@ def main() -> int:
 
     from robolearn.policies.act import ACTConfig
     from robolearn.policies.diffusion import DiffusionConfig
+    from robolearn.policies.mlp import MLPConfig
     from robolearn.policies.vision import VisionConfig
 
     torch.set_num_threads(args.threads)
@@ -285,6 +292,19 @@ def main() -> int:
                 args.seconds,
                 args.device,
                 args.inference,
+            )
+        )
+    if "floor" in cases:
+        results["cases"].append(
+            timing_case(
+                "floor@50Hz" + suffix,
+                MLPConfig(hidden_dims=[64, 64]),
+                50.0,
+                "blend",
+                args.seconds,
+                args.device,
+                args.inference,
+                obs_keys=("state",),
             )
         )
     if "diffusion" in cases:
