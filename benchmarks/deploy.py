@@ -89,6 +89,7 @@ def timing_case(
     device: str = "cpu",
     inference: str = "thread",
     obs_keys: tuple[str, ...] = ("state", "top"),
+    process: bool = True,
 ) -> dict[str, Any]:
     import torch
 
@@ -100,7 +101,7 @@ def timing_case(
 
     torch.manual_seed(0)
     e = env("pick_place", camera=True)
-    with make_sim_robot(e, ["top"], clock="realtime") as robot:
+    with make_sim_robot(e, ["top"], clock="realtime", process=process) as robot:
         config.obs_keys = list(obs_keys)
         config.action_keys = ["action.joint"]
         policy = make_policy(config, robot.spec).to(device).eval()
@@ -140,7 +141,9 @@ def timing_case(
     return s
 
 
-def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
+def success_case(
+    checkpoint: Path, episodes: int, mode: str, process: bool = True, suffix: str = ""
+) -> dict[str, Any]:
     import tempfile
 
     from omegaconf import OmegaConf
@@ -160,7 +163,7 @@ def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:  # the same seeds and mode, in lock-step
         lock = evaluate(checkpoint, e, episodes=episodes, videos=0, out_dir=tmp, mode=mode)  # type: ignore[arg-type]
     rate = float(e["task"]["config"]["control_hz"])
-    with make_sim_robot(e, policy.image_keys, clock="realtime") as robot:
+    with make_sim_robot(e, policy.image_keys, clock="realtime", process=process) as robot:
         runner = PolicyRunner(policy, rate, RunnerConfig(mode=mode), clock=robot.clock)
         safety = SafetyFilter(robot.spec, runner.action_key, rate, clock=robot.clock)
         source = SafeSource(runner, safety)
@@ -179,7 +182,7 @@ def success_case(checkpoint: Path, episodes: int, mode: str) -> dict[str, Any]:
     s = summarize(outcomes)
     s.update(
         case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained, "
-        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M) @{rate:g}Hz",
+        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M) @{rate:g}Hz{suffix}",
         rate_hz=rate,
         mode=runner.mode,
         checkpoint=str(checkpoint),
@@ -203,7 +206,10 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"Last command: `{meta['command']}` · {meta['date']} · torch {meta['torch']} "
         f"({meta['threads']} inference threads). Simulated Panda, pick_place "
-        "scene, real-time clock, safety filter on. ACT and diffusion: ANCHORS.md's networks with "
+        "scene, real-time clock, safety filter on; the simulated arm runs in a process of its own "
+        "(deploy's default: it steps its physics and renders its 30 fps camera on its own "
+        "clock, as a real arm does) unless the case says [sim in loop] (physics and renders "
+        "inside the loop's observe()). ACT and diffusion: ANCHORS.md's networks with "
         "fresh weights (runtime figures only; their actions are arbitrary, so the filter works "
         "hard); floor: a 64-unit MLP on the joint state alone, the camera still rendered (what the "
         "simulator and the loop cost without a model). Deadline misses: ticks that ended after the next tick's deadline. Tick work: "
@@ -265,6 +271,13 @@ def main() -> int:
         choices=["thread", "process"],
         help="where the timing cases run the model: a thread beside the loop, or a process",
     )
+    ap.add_argument(
+        "--sim",
+        default="process",
+        choices=["process", "inline"],
+        help="the simulated arm in a process of its own (deploy's default, as a real arm) or "
+        "stepped and rendered inside the loop's observe()",
+    )
     args = ap.parse_args()
     import torch
 
@@ -280,6 +293,9 @@ def main() -> int:
         suffix = f" ({cores()})"
     if args.inference != "thread":
         suffix += f" [{args.inference}]"
+    process = args.sim == "process"
+    if not process:
+        suffix += " [sim in loop]"
     results: dict[str, Any] = {"cases": []}
     before = json.loads(RESULTS.read_text())["cases"] if RESULTS.exists() else []
     if "act" in cases:
@@ -292,6 +308,7 @@ def main() -> int:
                 args.seconds,
                 args.device,
                 args.inference,
+                process=process,
             )
         )
     if "floor" in cases:
@@ -305,6 +322,7 @@ def main() -> int:
                 args.device,
                 args.inference,
                 obs_keys=("state",),
+                process=process,
             )
         )
     if "diffusion" in cases:
@@ -318,11 +336,16 @@ def main() -> int:
                 args.seconds,
                 args.device,
                 args.inference,
+                process=process,
             )
         )
     if "trained" in cases:
         for checkpoint in args.checkpoint:
-            results["cases"].append(success_case(checkpoint, args.episodes, "auto"))
+            results["cases"].append(
+                success_case(
+                    checkpoint, args.episodes, "auto", process, "" if process else " [sim in loop]"
+                )
+            )
     # cases not run now keep their earlier figures
     names = {c["case"] for c in results["cases"]}
     results["cases"] = [c for c in before if c["case"] not in names] + results["cases"]

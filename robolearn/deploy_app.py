@@ -45,6 +45,7 @@ groups:
 
 keys:
   checkpoint=RUN_DIR|POLICY_DIR  episodes=10  seed=100000  rate_hz=HZ  clock=realtime|lockstep
+  sim_process=true|false  (real-time sim in its own process, as a real arm)  camera_fps=30
   episode_time_s=S  record=STORE  out=DIR  device=cpu|cuda  threads=N  keys=auto|on|off
   inference_dtype=float32|float16  (CPU inference weights; null: the checkpoint's)
   runner.mode=auto|sync|receding|blend|ensemble  runner.n_action_steps=N  runner.blend_steps=N
@@ -63,6 +64,8 @@ class DeploySettings:
     seed: int = 100_000
     rate_hz: float | None = None
     clock: str = "realtime"
+    sim_process: bool = True
+    camera_fps: float = 30.0
     episode_time_s: float | None = None
     stop_on_success: bool = True
     record: str | None = None
@@ -84,6 +87,8 @@ class DeploySettings:
             raise ConfigError(f"episodes must be at least 1, got {self.episodes}")
         if self.clock not in ("realtime", "lockstep"):
             raise ConfigError(f"clock={self.clock!r}: choose realtime or lockstep")
+        if not self.camera_fps > 0:
+            raise ConfigError(f"camera_fps must be positive, got {self.camera_fps}")
         if self.rate_hz is not None and not self.rate_hz > 0:
             raise ConfigError(f"rate_hz must be positive, got {self.rate_hz}")
         if self.episode_time_s is not None and not self.episode_time_s > 0:
@@ -141,7 +146,9 @@ def make_robot(cfg: DictConfig, s: DeploySettings, checkpoint: Path, image_keys:
     if robot_node is not None and not str(robot_node.get("_target_", "")).startswith("sim."):
         return build(robot_node, "robot"), None
     env, _ = eval_env(cfg, checkpoint)
-    return make_sim_robot(env, image_keys, clock=s.clock), env
+    process = s.sim_process and s.clock == "realtime"
+    robot = make_sim_robot(env, image_keys, clock=s.clock, process=process, camera_fps=s.camera_fps)
+    return robot, env
 
 
 def run_deploy(cfg: DictConfig) -> int:
@@ -196,7 +203,13 @@ def run_deploy(cfg: DictConfig) -> int:
         clock = getattr(robot, "clock_mode", "realtime")
         console.print(
             f"[bold]deploying[/] {checkpoint} on {type(robot).__name__}"
-            + (f" ({task_name}, {clock} clock)" if task_name else "")
+            + (
+                f" ({task_name}, {clock} clock"
+                + (", own process" if type(robot).__name__ == "SimProcessRobot" else "")
+                + ")"
+                if task_name
+                else ""
+            )
             + f" at {rate:g} Hz · runner {runner.mode} ({s.runner.inference}, "
             f"{runner.n_exec} actions per chunk) · safety "
             + ("on" if s.safety.enabled else "[red]off[/] (NaN is still refused)")
@@ -262,6 +275,7 @@ def run_deploy(cfg: DictConfig) -> int:
         "task": task_name,
         "robot": type(robot).__name__,
         "clock": getattr(robot, "clock_mode", "realtime"),
+        "sim_process": type(robot).__name__ == "SimProcessRobot",
         "rate_hz": rate,
         "runner": dataclasses.asdict(s.runner) | {"mode": runner.mode},
         "safety": dataclasses.asdict(s.safety),

@@ -190,11 +190,23 @@ def run_episode(
 
 # ---------------------------------------------------------------------- the environment
 def make_sim_robot(
-    robot_cfg: Mapping[str, Any], image_keys: Sequence[str], clock: str = "lockstep"
+    robot_cfg: Mapping[str, Any],
+    image_keys: Sequence[str],
+    clock: str = "lockstep",
+    *,
+    process: bool = False,
+    camera_fps: float = 30.0,
 ) -> Any:
     """The simulated robot of a resolved robot config (with its `task` scene), in lock-step
     (or `clock="realtime"`), with only the cameras the policy reads (rendering is most of a
-    tick's cost)."""
+    tick's cost). `process=True` (real time only) runs it in a process of its own that keeps
+    its own time, as a real arm does (`sim.process.SimProcessRobot`; cameras without a frame
+    rate run at `camera_fps`)."""
+    if process and clock != "realtime":
+        raise EvalError(
+            "a simulated robot runs in a process of its own only in real time "
+            "(clock=realtime); in lock-step it has to wait for the loop"
+        )
     from omegaconf import OmegaConf
 
     from robolearn.config import build
@@ -219,6 +231,10 @@ def make_sim_robot(
     robot = build(node, "robot")
     if getattr(robot, "task", None) is None:
         raise EvalError("the robot config has no task scene; name one with task=pick_place")
+    if process:
+        from sim.process import SimProcessRobot
+
+        return SimProcessRobot(robot, camera_fps=camera_fps)
     return robot
 
 

@@ -290,6 +290,15 @@ class PyBulletRobot(SimRobot):
         self._q_target, self._grip_target = q, grip
         self._ee_target = arm.ee_pose()
 
+    def targets(self) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]]:
+        """The commanded joint targets (radians), gripper opening and end-effector pose."""
+        return self._q_target, self._grip_target, self._ee_target
+
+    def set_targets(self, q: np.ndarray, grip: float, ee: tuple[np.ndarray, np.ndarray]) -> None:
+        """Take over another copy's targets (the base of the next end-effector delta)."""
+        self._q_target, self._grip_target = np.asarray(q, dtype=np.float64), float(grip)
+        self._ee_target = (np.asarray(ee[0], dtype=np.float64), np.asarray(ee[1], dtype=np.float64))
+
     # ------------------------------------------------------------------ observe / act
     def _observe(self) -> Observation:
         arm = self.arm
@@ -332,6 +341,16 @@ class PyBulletRobot(SimRobot):
         arm = self.arm
         assert arm is not None
         self.clock.sync()
+        q, grip, sent = self.plan(key, action)
+        arm.command(q, grip)
+        return sent
+
+    def plan(self, key: str, action: np.ndarray) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+        """The joint targets (radians) and gripper opening (0 closed … 1 open) an action asks
+        for, and the action in both representations, from the kinematics alone (nothing is
+        sent; the targets become the base of the next end-effector delta)."""
+        arm = self.arm
+        assert arm is not None
         n = len(self.model.joint_names)
         g0, g1 = self.model.gripper_range
         prev_pos, prev_quat = self._ee_target
@@ -348,7 +367,6 @@ class PyBulletRobot(SimRobot):
             if not self.model.ik_orientation:
                 # The arm cannot take every orientation: the target follows what IK reached.
                 pos, quat = arm.forward(q)
-        arm.command(q, grip)
         self._q_target, self._grip_target, self._ee_target = q, grip, (pos, quat)
         joint = np.array([*(q * self.model.scale), g0 + grip * (g1 - g0)], dtype=np.float32)
         if key == EE_KEY:
@@ -359,7 +377,7 @@ class PyBulletRobot(SimRobot):
             ee = np.array([*(pos - prev_pos), *quat_to_rotvec(delta_quat), grip])
             f = self.spec[EE_KEY]
             ee = np.clip(ee, f.low, f.high).astype(np.float32)
-        return {JOINT_KEY: joint, EE_KEY: ee}
+        return q, grip, {JOINT_KEY: joint, EE_KEY: ee}
 
     # ------------------------------------------------------------------ rendering
     def render(self, cam: CameraConfig) -> np.ndarray:

@@ -144,6 +144,11 @@ class RealTimeClock:
         self.world = world
         self._origin = time.monotonic() - world.time
 
+    @property
+    def origin(self) -> float:
+        """The monotonic time at which simulated time was zero (shared with other processes)."""
+        return self._origin
+
     def now(self) -> float:
         return time.monotonic() - self._origin
 

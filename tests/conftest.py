@@ -34,6 +34,7 @@ ALONE = (
     "data/test_writer.py",
     "sim/test_pybullet_robot.py",
     "sim/test_robot_conformance.py",
+    "sim/test_sim_process.py",
     "test_bench_deploy.py",
     "test_loop.py",
     "test_preview.py",

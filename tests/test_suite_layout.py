@@ -30,7 +30,7 @@ def test_tests_timed_by_the_wall_clock_run_alone() -> None:
     """A test file that runs a real-time clock or an emulated servo bus must be in ALONE: on a
     shared core its timing figures would measure the other test, not the code."""
     conftest = _root_conftest()
-    timed = re.compile(r"clock=\"realtime\"|BusEmulator\(")
+    timed = re.compile(r"clock=\"realtime\"|BusEmulator\(|SimProcessRobot\(|process=True")
     for path in TESTS.rglob("test_*.py"):
         if path.name != Path(__file__).name and timed.search(path.read_text()):
             assert conftest.runs_alone(path), f"{path.relative_to(TESTS)} is timed: add it to ALONE"

@@ -251,13 +251,19 @@ def test_blending_makes_chunk_boundaries_smoother(reach_run: Path) -> None:
     assert np.max(jumps["blend"]) < 0.9 * np.max(jumps["receding"]), jumps
 
 
-def test_real_time_success_is_within_the_lock_step_interval(reach_run: Path, tmp_path) -> None:
+@pytest.mark.parametrize("process", [True, False], ids=["own-process", "in-loop"])
+def test_real_time_success_is_within_the_lock_step_interval(
+    reach_run: Path, tmp_path, process: bool
+) -> None:
+    """In real time, with the simulated arm in its own process (deploy's default) or stepped
+    inside the loop's observe()."""
     checkpoint = find_checkpoint(reach_run, "last")
     policy, env = load(reach_run)
     lock = evaluate(checkpoint, env, episodes=20, videos=0, out_dir=tmp_path / "eval", mode="blend")
     assert lock.mode == "blend"
     lo, hi = lock.ci95
-    with make_sim_robot(env, [], clock="realtime") as robot:
+    with make_sim_robot(env, [], clock="realtime", process=process) as robot:
+        assert (type(robot).__name__ == "SimProcessRobot") == process
         outcomes, _, _ = deploy(
             robot, policy, 10.0, "blend", seeds=range(EVAL_SEED, EVAL_SEED + 10)
         )
@@ -307,6 +313,22 @@ def test_robolearn_deploy_records_evaluation_episodes(reach_run: Path, tmp_path:
         assert s.num_episodes == 3
 
 
+def test_robolearn_deploy_runs_the_simulated_arm_in_its_own_process(
+    reach_run: Path, tmp_path: Path
+) -> None:
+    """The default real-time deployment: the arm in a process of its own, the loop on time."""
+    out = tmp_path / "deploy"
+    args = ["deploy", f"checkpoint={reach_run}", "episodes=2", f"out={out}", "keys=off"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["clock"] == "realtime" and report["sim_process"] is True
+    assert report["summary"]["overruns"] == 0, report["summary"]
+    assert report["summary"]["successes"] >= 1, report["episodes"]
+    assert main([*args[:-2], f"out={out}2", "keys=off", "sim_process=false"]) == 0
+    inline = json.loads((tmp_path / "deploy2" / "report.json").read_text())
+    assert inline["sim_process"] is False
+
+
 def test_deploy_refuses_bad_settings_with_a_clear_message(reach_run: Path, capsys) -> None:
     assert main(["deploy", f"checkpoint={reach_run}", "runner.mode=fast", "keys=off"]) == 2
     assert "runner.mode='fast'" in capsys.readouterr().err
@@ -316,6 +338,8 @@ def test_deploy_refuses_bad_settings_with_a_clear_message(reach_run: Path, capsy
     assert "workspace" in capsys.readouterr().err
     assert main(["deploy", f"checkpoint={reach_run}", "inference_dtype=int8"]) == 2
     assert "inference_dtype='int8'" in capsys.readouterr().err
+    assert main(["deploy", f"checkpoint={reach_run}", "camera_fps=0"]) == 2
+    assert "camera_fps must be positive" in capsys.readouterr().err
 
 
 def test_the_filter_rejects_configs_that_do_not_fit_the_robot(reach_run: Path) -> None:

@@ -1,4 +1,5 @@
-"""The simulated arms pass the HAL conformance suite, in lock-step and in real time."""
+"""The simulated arms pass the HAL conformance suite, in lock-step, in real time and in real time
+in a process of their own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import replace
 import pytest
 
 from robolearn.testing.conformance import RobotConformance
+from sim.process import SimProcessRobot
 from sim.robot import CameraConfig, PyBulletRobot
+from sim.tasks.reach import Reach
 
 CAMERAS = [
     CameraConfig("top", width=48, height=40),
@@ -34,6 +37,14 @@ class TestPandaRealTime(RobotConformance):
     @pytest.fixture
     def robot(self):
         with PyBulletRobot("panda", cameras=CAMERAS[:1], clock="realtime", seed=0) as robot:
+            yield robot
+
+
+class TestPandaOwnProcess(RobotConformance):
+    @pytest.fixture
+    def robot(self):
+        sim = PyBulletRobot("panda", task=Reach(), cameras=CAMERAS, seed=0)
+        with SimProcessRobot(sim) as robot:
             yield robot
 
 
