@@ -110,8 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     follower_id = args.id or f"emulated_{args.arm}"
     leader_id = args.leader_id or f"emulated_{args.arm}_leader"
     stop = threading.Event()
-    # SIGTERM stops as Ctrl-C does, so a supervisor can end it cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM (a supervisor) only raise a flag: a handler that set the Event, or a
+    # KeyboardInterrupt inside Event.wait, could land while the main thread holds the Event's
+    # own lock, and the exit then deadlocked (seen once in the suite: no exit 10 s after SIGINT).
+    signals: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: signals.append(number))
     with ExitStack() as stack:
         follower = stack.enter_context(arm.make("follower", args.seed))
         buses = {"follower": (follower, follower_id)}
@@ -145,11 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             threading.Thread(
                 target=_wiggle, args=(buses["leader"][0], args.wiggle, stop), daemon=True
             ).start()
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+        while not signals:
+            time.sleep(0.1)  # a signal ends the sleep early; its handler takes no lock
         stop.set()
         for role, (emu, _) in buses.items():
             s = emu.stats
