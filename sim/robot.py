@@ -145,6 +145,7 @@ class PyBulletRobot(SimRobot):
         self.world: SimWorld | None = None
         self.arm: SimArm | None = None
         self._clock: LockStepClock | RealTimeClock | None = None
+        self._disturbance: np.ndarray | None = None  # see disturb()
         self._spec = self._build_spec()
 
     # ------------------------------------------------------------------ spec
@@ -272,6 +273,7 @@ class PyBulletRobot(SimRobot):
                 "lightDiffuseCoeff": float(rng.uniform(0.4, 0.8)),
             }
         self._frames = {}  # a new episode starts with fresh frames
+        self._disturbance = None
         world.step(int(0.1 * self.physics.hz))  # let objects settle on the table
         if isinstance(self._clock, RealTimeClock):
             self._clock = RealTimeClock(world)
@@ -298,6 +300,23 @@ class PyBulletRobot(SimRobot):
         """Take over another copy's targets (the base of the next end-effector delta)."""
         self._q_target, self._grip_target = np.asarray(q, dtype=np.float64), float(grip)
         self._ee_target = (np.asarray(ee[0], dtype=np.float64), np.asarray(ee[1], dtype=np.float64))
+
+    def disturb(self, offset: np.ndarray | None) -> None:
+        """Push the arm off its commands: `offset` (radians, one per arm joint) is added to the
+        joint targets of every action sent from now on (None: no longer). `act()` still
+        returns the action as commanded, so a recorder stores the command, not the push: the
+        way to record corrections to a disturbed arm (DART). Cleared by `reset()`."""
+        if offset is None:
+            self._disturbance = None
+            return
+        offset = np.asarray(offset, dtype=np.float64)
+        n = len(self.model.joint_names)
+        if offset.shape != (n,) or not np.all(np.isfinite(offset)):
+            raise ValueError(
+                f"disturb(): need {n} finite joint offsets (radians) for {self.model.name}, "
+                f"got shape {offset.shape}"
+            )
+        self._disturbance = offset
 
     # ------------------------------------------------------------------ observe / act
     def _observe(self) -> Observation:
@@ -342,6 +361,8 @@ class PyBulletRobot(SimRobot):
         assert arm is not None
         self.clock.sync()
         q, grip, sent = self.plan(key, action)
+        if self._disturbance is not None:
+            q = q + self._disturbance
         arm.command(q, grip)
         return sent
 
