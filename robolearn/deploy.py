@@ -267,6 +267,10 @@ def summarize(outcomes: list[DeployOutcome]) -> dict[str, Any]:
         "ticks": sum(o.ticks for o in outcomes),
         "overruns": sum(int(o.loop.get("overruns", 0)) for o in outcomes),
         "skipped_ticks": sum(int(o.loop.get("skipped_ticks", 0)) for o in outcomes),
+        # each traced deadline miss, with its episode: which stage was slow, or a late wake-up
+        "late_ticks": [
+            {"episode": o.episode, **t} for o in outcomes for t in o.loop.get("late_ticks", [])
+        ][:50],
         "work_ms": pooled("loop", "work_ms"),
         "stage_ms": {
             stage: {

@@ -83,6 +83,9 @@ class Tick:
 Sink = Callable[[Tick], None]
 
 
+LATE_KEPT = 20  # overruns traced one by one in LoopStats.late
+
+
 @dataclass
 class LoopStats:
     """Per-tick timing of one run of the loop, summarised for logs and episode metadata."""
@@ -96,6 +99,21 @@ class LoopStats:
     skipped: int = 0  # deadlines dropped after overruns (overrun="skip")
     started: float | None = None
     ended: float | None = None
+    # the first LATE_KEPT overruns, each traced: which tick, how late it ended, how late it
+    # started (woken late: the OS) and its stages (a slow stage: the code)
+    late: list[dict[str, Any]] = field(default_factory=list)
+
+    def trace_overrun(self, index: int, late: float) -> None:
+        if len(self.late) >= LATE_KEPT or index >= self.ticks:
+            return
+        self.late.append(
+            {
+                "tick": index,
+                "late_ms": _round(late * 1e3),
+                "start_lag_ms": _round(self.period_errors[index] * 1e3),
+                "stage_ms": {s: _round(v[index] * 1e3) for s, v in self.stage_times.items() if v},
+            }
+        )
 
     @property
     def ticks(self) -> int:
@@ -138,6 +156,8 @@ class LoopStats:
                 for s, v in self.stage_times.items()
                 if v
             }
+        if self.late:
+            out["late_ticks"] = list(self.late)
         return out
 
 
@@ -319,6 +339,7 @@ class ControlLoop:
             if end > next_deadline:
                 stats.overruns += 1
                 late = end - next_deadline
+                stats.trace_overrun(len(stats.period_errors) - 1, late)
                 if self.on_overrun is not None:
                     self.on_overrun(tick.index, late)
                 if self.overrun == "skip":

@@ -64,6 +64,10 @@ def test_an_overrun_is_reported_and_handled_as_configured(policy: str) -> None:
         stats = loop.run(duration=0.5)
     # tick 5's overrun is reported (a busy machine may add a short one elsewhere)
     assert stats.overruns >= 1 and any(i == 5 and late > 0.05 for i, late in reported)
+    # and traced in the summary: its stage times name the slow stage (the policy's decide)
+    traced = {t["tick"]: t for t in stats.summary()["late_ticks"]}
+    assert traced[5]["stage_ms"]["decide"] >= 85 and traced[5]["late_ms"] > 50
+    assert traced[5]["start_lag_ms"] < traced[5]["stage_ms"]["decide"]
     deadlines = np.round((np.array([t.deadline for t in ticks]) - ticks[0].deadline) * 50)
     if policy == "skip":
         # the missed deadlines are dropped and counted; the phase is kept
