@@ -331,6 +331,7 @@ class Trainer:
         from robolearn.data.stats import get_stats
         from robolearn.data.store import EpisodeStore
         from robolearn.policies import make_config, make_policy
+        from robolearn.policies.base import relative_action_stats
 
         s = self.s
         if s.threads:
@@ -352,13 +353,15 @@ class Trainer:
         self.amp = s.amp == "bf16" or (s.amp == "auto" and self.device.type == "cuda")
         torch.manual_seed(s.seed)
 
+        config = make_config(self.policy_cfg)
         with EpisodeStore.open(self.dataset_path) as store:
             spec, stats = store.spec, get_stats(store)
             episodes = store.num_episodes
             cache = choose_cache(store, s.cache)
+            if config.relative_actions and episodes:
+                stats = {**stats, **relative_action_stats(store, config)}
         if episodes == 0:
             raise TrainError(f"{self.dataset_path} has no episodes to train on")
-        config = make_config(self.policy_cfg)
         self.policy = make_policy(config, spec, stats).to(self.device)
         train_eps, val_eps = split_episodes(episodes, s.val_fraction, seed=s.seed)
         self.train_eps, self.val_eps = train_eps, val_eps

@@ -55,6 +55,14 @@ class PolicyConfig:
     # float32 as trained, or float16 (half the bytes read per call; TF32's rounding, actions
     # within ~1e-4 of their range). Training, CUDA and MPS are not affected.
     inference_dtype: str = "float32"
+    # predict each action as an offset from the newest observed state of the same name (a
+    # joint target as a change from where the joint is now; UMI's relative trajectories): the
+    # network then learns the small motion, not the identity map from state to target, which a
+    # regressor gets only to a percent or so of the joint range, centimetres at the hand.
+    # Action dimensions without a same-named state dimension stay absolute, and so do those
+    # whose name contains one of `absolute_names` (a gripper's command is a grip, not a motion).
+    relative_actions: bool = False
+    absolute_names: list[str] = dataclasses.field(default_factory=lambda: ["gripper"])
 
     def validate(self) -> None:
         dtypes = getattr(self, "INFERENCE_DTYPES", ("float32", "float16"))
@@ -135,6 +143,89 @@ def make_policy(
     return cls(config, spec, stats)
 
 
+def preferred_mode(config: PolicyConfig) -> str:
+    """How the runtime executes this policy's chunks when asked for `auto`: its class's
+    `execution`, except temporal ensembling for relative actions. A chunk of relative actions
+    is anchored on the measured state, which lags the commands; executed one whole chunk at a
+    time (sync, blend) that lag compounds from chunk to chunk into a growing swing, while the
+    ensemble's average over chunks anchored a tick apart damps it (docs/benchmarks.md)."""
+    return "ensemble" if config.relative_actions else config.execution
+
+
+REL = "@relative"  # normaliser key suffix of an action key predicted relative to the state
+
+
+def relative_sources(
+    spec: FeatureSpec,
+    state_keys: Sequence[str],
+    action_keys: Sequence[str],
+    absolute_names: Sequence[str] = (),
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each action key with dimensions named like a state dimension: (index into the
+    concatenated state vector of `state_keys`, mask of the dimensions that are relative; not
+    those whose name contains one of `absolute_names`)."""
+    where: dict[str, int] = {}
+    at = 0
+    for key in state_keys:
+        f = spec[key]
+        for j, name in enumerate(f.names or ()):
+            where.setdefault(name, at + j)
+        at += f.size
+    out = {}
+    for key in action_keys:
+        names = spec[key].names or ()
+        index = np.array([where.get(n, 0) for n in names], dtype=np.int64)
+        mask = np.array(
+            [n in where and not any(a in n for a in absolute_names) for n in names], dtype=bool
+        )
+        if len(names) == spec[key].size and mask.any():
+            out[key] = (index, mask)
+    if not out:
+        raise SpecError(
+            "relative_actions: no action dimension is named like a state dimension "
+            f"(actions {list(action_keys)}, state {list(state_keys)}); read the joint state "
+            "(obs_keys) or set relative_actions=false"
+        )
+    return out
+
+
+def relative_action_stats(
+    store: Any, config: PolicyConfig, spec: FeatureSpec | None = None
+) -> dict[str, KeyStats]:
+    """Normalisation statistics of the relative actions a policy of `config` is trained on
+    (every window of every episode of `store`), keyed `<action key>@relative`."""
+    spec = spec or store.spec
+    obs_keys = list(config.obs_keys) if config.obs_keys else spec.observation_keys
+    action_keys = list(config.action_keys) if config.action_keys else spec.action_keys
+    state_keys = [k for k in obs_keys if spec[k].kind == "state"]
+    sources = relative_sources(spec, state_keys, action_keys, config.absolute_names)
+    horizon, offset = config.horizon, config.action_offset
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in sources}
+    for ep in range(store.num_episodes):
+        a, b = store.bounds(ep)
+        state = np.concatenate(
+            [store.read(k, a, b).reshape(b - a, -1) for k in state_keys], axis=1
+        ).astype(np.float64)
+        steps = np.clip(np.arange(b - a)[:, None] + offset + np.arange(horizon), 0, b - a - 1)
+        for key, (index, mask) in sources.items():
+            act = store.read(key, a, b).reshape(b - a, -1).astype(np.float64)
+            base = state[:, index] * mask
+            chunks[key].append((act[steps] - base[:, None, :]).reshape(-1, act.shape[1]))
+    out = {}
+    for key, parts in chunks.items():
+        x = np.concatenate(parts)
+        out[key + REL] = KeyStats(
+            min=x.min(0),
+            max=x.max(0),
+            mean=x.mean(0),
+            std=x.std(0),
+            p01=np.percentile(x, 1, axis=0),
+            p99=np.percentile(x, 99, axis=0),
+            count=len(x),
+        )
+    return out
+
+
 def masked_mean(err: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:
     """Mean of a per-element loss (B, H, A) over the steps that are not padding.
 
@@ -196,7 +287,22 @@ class Policy(nn.Module):
         for key in self.spec:
             mode = config.normalization.get(self.spec[key].kind, "identity")
             modes[key] = mode  # type: ignore[assignment]
-        self.normalizer = Normalizer(self.spec, modes, stats)
+        norm_spec: Mapping[str, Any] = self.spec
+        self._relative: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if config.relative_actions:
+            sources = relative_sources(
+                self.spec, self.state_keys, action_keys, config.absolute_names
+            )
+            norm_spec = {**self.spec, **{k + REL: self.spec[k] for k in sources}}
+            for key, (index, mask) in sources.items():
+                modes[key + REL] = modes[key]
+                self._relative[key] = (torch.as_tensor(index), torch.as_tensor(mask))
+            if stats is not None and any(k + REL not in stats for k in sources):
+                raise SpecError(
+                    "relative_actions: the statistics lack the relative actions; compute them "
+                    "with robolearn.policies.base.relative_action_stats(store, config)"
+                )
+        self.normalizer = Normalizer(norm_spec, modes, stats)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -250,17 +356,40 @@ class Policy(nn.Module):
             parts.append(self.normalizer.normalize(key, x).flatten(2))
         return torch.cat(parts, -1)
 
+    def _relative_base(self, key: str, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, size of `key`): the newest observed state under `key`'s relative dimensions,
+        0 under its absolute ones."""
+        index, mask = self._relative[key]
+        state = torch.cat([obs[k][:, -1].float().flatten(1) for k in self.state_keys], -1)
+        return state[:, index.to(state.device)] * mask.to(state.device)
+
     def normalized_actions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenated normalised actions of a batch: (B, horizon, action_dim)."""
-        parts = [
-            self.normalizer.normalize(k, batch[k].float()).flatten(2) for k in self.action_keys
-        ]
+        """Concatenated normalised actions of a batch: (B, horizon, action_dim) (relative to
+        the batch's newest observed state where `relative_actions` says so)."""
+        parts = []
+        for k in self.action_keys:
+            x = batch[k].float()
+            if k in self._relative:
+                x = x.flatten(2) - self._relative_base(k, batch)[:, None, :]
+                parts.append(self.normalizer.normalize(k + REL, x))
+            else:
+                parts.append(self.normalizer.normalize(k, x).flatten(2))
         return torch.cat(parts, -1)
 
-    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+    def unnormalize_actions(
+        self, actions: torch.Tensor, obs: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Normalised (B, horizon, action_dim) → actions in the data's units; `obs` (the
+        window they were predicted from) is needed with `relative_actions`."""
         parts = actions.split(self.action_sizes, dim=-1)
         out = []
         for key, part in zip(self.action_keys, parts, strict=True):
+            if key in self._relative:
+                if obs is None:
+                    raise SpecError("relative actions need the observation they start from")
+                x = self.normalizer.unnormalize(key + REL, part)
+                out.append(x + self._relative_base(key, obs)[:, None, :].to(x.dtype))
+                continue
             shape = self.spec[key].shape
             x = self.normalizer.unnormalize(key, part.reshape(*part.shape[:-1], *shape))
             out.append(x.flatten(actions.dim() - 1))
@@ -326,8 +455,9 @@ class Policy(nn.Module):
             self.eval()
         try:
             weights = "float16" if self.config.inference_dtype == "float16" else "float32"
+            window = self._to_device(obs, self.obs_keys)
             with cpu_weights(weights):
-                actions = self._predict(self._to_device(obs, self.obs_keys))
+                actions = self._predict(window)
         finally:
             if was_training:
                 self.train()
@@ -335,7 +465,7 @@ class Policy(nn.Module):
             raise FloatingPointError(
                 "the policy produced NaN or infinite actions; its weights or inputs are broken"
             )
-        return self.unnormalize_actions(actions)
+        return self.unnormalize_actions(actions, window if self._relative else None)
 
     def reset(self) -> None:
         """Forget anything about the previous episode (stateless policies have nothing to do)."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from robolearn.data.stats import KeyStats
 from robolearn.errors import SpecError
-from robolearn.spec import FeatureSpec
+from robolearn.spec import Feature
 
 NormMode = Literal["min_max", "mean_std", "identity"]
 NORM_MODES = ("min_max", "mean_std", "identity")
@@ -30,7 +30,7 @@ class Normalizer(nn.Module):
 
     def __init__(
         self,
-        spec: FeatureSpec,
+        spec: Mapping[str, Feature],
         modes: Mapping[str, NormMode],
         stats: Mapping[str, KeyStats] | None = None,
     ) -> None:

@@ -342,3 +342,72 @@ def test_matmul_convolutions_give_the_convolution_result():
     with torch.enable_grad():
         ref = net(x)  # autograd on: the plain convolution
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "flow", "act"])
+def test_relative_actions_are_offsets_from_the_state_and_travel_with_the_policy(
+    name, tiny_store, tmp_path
+):
+    from robolearn.data.stats import get_stats
+    from robolearn.policies.base import relative_action_stats
+
+    config = small_config(name, relative_actions=True)
+    with EpisodeStore.open(tiny_store) as store:
+        stats = get_stats(store)
+        with pytest.raises(SpecError, match="relative_action_stats"):
+            make_policy(config, store.spec, stats)  # the relative statistics are needed
+        stats = {**stats, **relative_action_stats(store, config)}
+        policy = make_policy(config, store.spec, stats)
+        absolute = make_policy(small_config(name), store.spec, get_stats(store))
+    ds = policy.dataset(tiny_store)
+    batch = ds.get_batch(np.arange(0, len(ds), 7))
+    target = policy.normalized_actions(batch)
+    # the training targets are the motion from the newest observed state, normalised with that
+    # motion's own statistics: in [-1, 1] (min_max), or standardised (ACT's mean_std)
+    if config.normalization["action"] == "min_max":
+        assert target.abs().max() <= 1 + 1e-5 and target.abs().max() > 0.5
+    else:
+        assert target.mean().abs() < 0.5 and 0.5 < target.std() < 2
+    assert not torch.allclose(target, absolute.normalized_actions(batch), atol=0.05)
+    raw = torch.cat([batch[k].float().flatten(2) for k in policy.action_keys], -1)
+    torch.testing.assert_close(policy.unnormalize_actions(target, batch), raw, atol=1e-5, rtol=0)
+    with pytest.raises(SpecError, match="observation they start from"):
+        policy.unnormalize_actions(target)
+    first, last = _overfit(policy, tiny_store, 300, 32)
+    assert last < OVERFIT[name] * first, f"{name}: loss {first:.3f} → {last:.3f}"
+    # the same chunk shape moves with the state it starts from; and it survives save → load
+    obs = start_observation(policy.n_obs_steps, 2)
+    policy.save(tmp_path / "p")
+    loaded = Policy.load(tmp_path / "p")
+    torch.manual_seed(3)
+    a = policy.predict_chunk(obs)
+    torch.manual_seed(3)
+    b = loaded.predict_chunk(obs)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_relative_actions_need_a_state_named_like_the_actions() -> None:
+    spec = FeatureSpec(
+        {
+            "pos": Feature((2,), "float32", "state", names=("x", "y")),
+            "action": Feature((2,), "float32", "action", names=("vx", "vy")),
+        }
+    )
+    with pytest.raises(SpecError, match="no action dimension is named like a state"):
+        make_policy(small_config("mlp", relative_actions=True), spec)
+
+
+def test_a_gripper_stays_absolute_under_relative_actions() -> None:
+    from robolearn.policies.base import relative_sources
+
+    names = ("joint1.pos", "joint2.pos", "gripper.pos")
+    spec = FeatureSpec(
+        {
+            "state": Feature((3,), "float32", "state", names=names),
+            "action.joint": Feature((3,), "float32", "action", names=names),
+        }
+    )
+    index, mask = relative_sources(spec, ["state"], ["action.joint"], ["gripper"])["action.joint"]
+    assert index.tolist()[:2] == [0, 1] and mask.tolist() == [True, True, False]
+    _, mask = relative_sources(spec, ["state"], ["action.joint"], [])["action.joint"]
+    assert mask.tolist() == [True, True, True]
