@@ -151,6 +151,7 @@ def success_case(
     from robolearn.deploy import SafeSource, connected, run_episode, summarize
     from robolearn.evaluate import EVAL_SEED, evaluate, make_sim_robot
     from robolearn.policies import Policy
+    from robolearn.policies.base import preferred_mode
     from robolearn.runner import PolicyRunner, RunnerConfig
     from robolearn.safety import SafetyFilter
 
@@ -159,7 +160,7 @@ def success_case(
     assert isinstance(e, dict)
     policy = Policy.load(checkpoint)
     if mode == "auto":
-        mode = getattr(policy.config, "execution", "blend")
+        mode = preferred_mode(policy.config)
     with tempfile.TemporaryDirectory() as tmp:  # the same seeds and mode, in lock-step
         lock = evaluate(checkpoint, e, episodes=episodes, videos=0, out_dir=tmp, mode=mode)  # type: ignore[arg-type]
     rate = float(e["task"]["config"]["control_hz"])
@@ -182,7 +183,8 @@ def success_case(
     s = summarize(outcomes)
     s.update(
         case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained, "
-        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M) @{rate:g}Hz{suffix}",
+        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M"
+        f"{', relative' if policy.config.relative_actions else ''}) @{rate:g}Hz{suffix}",
         rate_hz=rate,
         mode=runner.mode,
         checkpoint=str(checkpoint),

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from robolearn.errors import RobolearnError
+from robolearn.errors import RobolearnError, SpecError
 
 # Where evaluation seeds start: far from the seeds demonstrations are recorded with (0, 1, …),
 # so that a policy is never scored on the exact scenes it was trained on.
@@ -116,6 +116,18 @@ class ChunkExecutor:
                 "the policy produced NaN or infinite actions; its weights or inputs are broken"
             )
         return action
+
+
+def auto_mode(checkpoint: str | os.PathLike[str]) -> str:
+    """The mode `auto` stands for with the policy saved in `checkpoint`."""
+    from robolearn.policies import Policy
+    from robolearn.policies.base import preferred_mode
+
+    try:
+        config = Policy.load(checkpoint).config
+    except (FileNotFoundError, SpecError) as exc:
+        raise EvalError(f"cannot evaluate {checkpoint}: {exc}") from None
+    return preferred_mode(config)
 
 
 class _TickClock:
@@ -408,12 +420,13 @@ def evaluate(
     action_key: str | None = None,
     max_steps: int | None = None,
     progress: Callable[[EpisodeOutcome], None] | None = None,
-    mode: str = "sync",
+    mode: str = "auto",
     video_size: Sequence[int] = (VIDEO_CAMERA["width"], VIDEO_CAMERA["height"]),
 ) -> EvalReport:
     """Roll out the policy saved in `checkpoint` for `episodes` seeds from `seed` on, executing
-    its chunks in `mode` (the deployment runtime's modes, robolearn.runner); the videos are
-    `video_size` = (width, height) pixels."""
+    its chunks in `mode` (the deployment runtime's modes, robolearn.runner; `auto`, the
+    default, is the policy's own, as `robolearn deploy` runs it); the videos are `video_size` =
+    (width, height) pixels."""
     from robolearn.runner import MODES
 
     if mode not in MODES:
@@ -426,6 +439,8 @@ def evaluate(
         )
     if episodes < 1:
         raise EvalError(f"episodes must be at least 1, got {episodes}")
+    if mode == "auto":
+        mode = auto_mode(checkpoint)
     seeds = list(range(seed, seed + episodes))
     workers = min(workers or default_workers(), episodes)
     if device != "cpu":

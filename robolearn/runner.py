@@ -32,8 +32,8 @@ Execution modes (`RunnerConfig.mode`):
 - `ensemble`: ACT's temporal ensembling: inference runs continuously (a new chunk whenever the
   last one is done) and the action for time t is the weighted mean of every chunk's prediction
   for t, with weights exp(-m·i), i = 0 for the oldest prediction (m = `ensemble_decay`);
-- `auto`: the policy's own preference (`execution` of its config class: ensemble for ACT,
-  blend for the others).
+- `auto`: the policy's own preference (`robolearn.policies.base.preferred_mode`: ensemble for
+  ACT and for policies with relative actions, blend for the others).
 
 The runner returns `None` when it has no action for the tick (the first chunk has not arrived,
 or inference is slower than the chunks last). The safety filter (`robolearn.safety`), which
@@ -237,7 +237,9 @@ class PolicyRunner(Teleoperator):
         self.n_exec = n_exec
         mode = config.mode
         if mode == "auto":
-            mode = getattr(policy.config, "execution", "blend")
+            from robolearn.policies.base import preferred_mode
+
+            mode = preferred_mode(policy.config)
         self.mode = mode
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(policy.n_obs_steps))
         self.trace: list[TraceEntry] = []

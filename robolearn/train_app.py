@@ -60,7 +60,7 @@ keys:
   checkpoint=RUN_DIR|POLICY_DIR  episodes=50  seed=100000  workers=N  videos=3  out=DIR
   video_size=[480,360]   (width, height of the videos)
   device=cpu|cuda  action_key=action.joint  max_steps=N
-  mode=sync|receding|blend|ensemble|auto   (how chunks are executed; robolearn deploy's modes)
+  mode=auto|sync|receding|blend|ensemble   (how chunks are executed, as robolearn deploy does; auto: the policy's own)
 """
 
 
@@ -282,7 +282,7 @@ class EvalSettings:
     device: str = "cpu"
     action_key: str | None = None
     max_steps: int | None = None
-    mode: str = "sync"
+    mode: str = "auto"
     video_size: list[int] = dataclasses.field(default_factory=lambda: [480, 360])
 
 

@@ -78,6 +78,7 @@ def test_eval_reports_success_with_an_interval_videos_and_json(trained_run: Path
     assert run_eval(cfg) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 4 and report["task"] == "reach" and report["workers"] == 2
+    assert report["mode"] == "blend"  # mode=auto: as deploy runs the MLP
     assert report["seeds"] == [100000, 100001, 100002, 100003]
     assert 0 <= report["successes"] <= 4
     lo, hi = report["ci95"]
@@ -196,3 +197,30 @@ def test_the_executor_runs_the_runtime_modes_in_lock_step(tmp_path: Path) -> Non
     for size in ([480], [480, 0], [480.5, 360]):
         with pytest.raises(EvalError, match=r"video_size=.*\[width, height\] in pixels"):
             evaluate(tmp_path, {}, episodes=1, out_dir=tmp_path / "x", video_size=size)
+
+
+def test_auto_mode_is_the_policys_own_and_ensembles_relative_actions(tmp_path: Path) -> None:
+    from robolearn.evaluate import auto_mode
+    from robolearn.policies.act import ACTConfig
+    from robolearn.policies.base import relative_action_stats
+    from robolearn.runner import PolicyRunner, RunnerConfig
+    from robolearn.testing.toy import write_obstacle_store
+
+    path = tmp_path / "toy.zarr"
+    write_obstacle_store(path, episodes=4, seed=0)
+    configs = {
+        "mlp": MLPConfig(hidden_dims=[16]),
+        "mlp_rel": MLPConfig(hidden_dims=[16], relative_actions=True),
+        "act": ACTConfig(dim_model=32, n_heads=2, dim_feedforward=64, horizon=8, n_action_steps=4),
+    }
+    with EpisodeStore.open(path) as store:
+        stats = {**get_stats(store), **relative_action_stats(store, configs["mlp_rel"])}
+        policies = {k: make_policy(c, store.spec, stats) for k, c in configs.items()}
+    modes = {}
+    for name, policy in policies.items():
+        policy.save(tmp_path / name)
+        modes[name] = auto_mode(tmp_path / name)
+        assert PolicyRunner(policy, 10.0, RunnerConfig(mode="auto")).mode == modes[name]
+    assert modes == {"mlp": "blend", "mlp_rel": "ensemble", "act": "ensemble"}
+    with pytest.raises(EvalError, match="cannot evaluate"):
+        auto_mode(tmp_path / "nothing")
