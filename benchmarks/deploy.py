@@ -254,6 +254,22 @@ def table(results: dict[str, Any]) -> str:
             f"{inf['p99_max']:.1f} ms | {age['p50_median']:.0f} ms | {c['skipped_actions']} | "
             f"{c['starved_ticks']} | {inter} | {rt} | {lk} |"
         )
+    traced = [c for c in results["cases"] if c.get("late_ticks")]
+    if traced:
+        lines += [
+            "",
+            "Each deadline miss, traced (`LoopStats.late`): how late the tick ended, how late it "
+            "started (a late start is the OS waking the loop late), and its slowest stage.",
+            "",
+        ]
+        for c in traced:
+            for t in c["late_ticks"][:5]:
+                stage, ms = max(t["stage_ms"].items(), key=lambda kv: kv[1] or 0)
+                lines.append(
+                    f"- {c['case']}: episode {t['episode']}, tick {t['tick']}: ended "
+                    f"{t['late_ms']:.1f} ms late, started {t['start_lag_ms']:.1f} ms late; "
+                    f"slowest stage {stage} {ms:.1f} ms"
+                )
     return "\n".join(lines)
 
 

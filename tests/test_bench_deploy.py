@@ -72,3 +72,25 @@ def test_tick_work_is_the_sum_of_the_stages_pooled_over_episodes() -> None:
     assert all(len(c) == len(names) for c in cells)
     assert cells[0][col] == f"6.0 / {s['work_ms']['p99_max']:.1f} ms"
     assert cells[1][col] == "—"
+
+
+def test_deadline_misses_are_traced_with_their_episode_and_slowest_stage() -> None:
+    late = outcome(3, [2.0] * 10, decide_ms=1.0)
+    late.loop["late_ticks"] = [
+        {
+            "tick": 7,
+            "late_ms": 4.5,
+            "start_lag_ms": 0.2,
+            "stage_ms": {"observe": 2.0, "decide": 21.0, "act": 1.0, "record": 0.0},
+        }
+    ]
+    s = summarize([outcome(0, [2.0] * 10, decide_ms=1.0), late])
+    assert s["late_ticks"] == [{"episode": 3, **late.loop["late_ticks"][0]}]
+    meta = {"command": "benchmarks/deploy.py", "date": "today", "torch": "x", "threads": 1}
+    text = load_bench().table(
+        {"meta": meta, "cases": [{**s, "case": "act@50Hz", "mode": "x", "seconds": 1.0}]}
+    )
+    assert (
+        "- act@50Hz: episode 3, tick 7: ended 4.5 ms late, started 0.2 ms late; slowest stage "
+        "decide 21.0 ms" in text
+    )
