@@ -141,6 +141,14 @@ def timing_case(
     return s
 
 
+def trained_on(run_dir: Path) -> str:
+    """`6000 steps on pick_place.zarr`: which training run a trained case's checkpoint is."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return f"{cfg.train.steps} steps on {Path(str(cfg.dataset)).name}"
+
+
 def success_case(
     checkpoint: Path, episodes: int, mode: str, process: bool = True, suffix: str = ""
 ) -> dict[str, Any]:
@@ -184,7 +192,8 @@ def success_case(
     s.update(
         case=f"{policy.config.__class__.__name__.removesuffix('Config').lower()} (trained, "
         f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M"
-        f"{', relative' if policy.config.relative_actions else ''}) @{rate:g}Hz{suffix}",
+        f"{', relative' if policy.config.relative_actions else ''}; {trained_on(run_dir)}) "
+        f"@{rate:g}Hz{suffix}",
         rate_hz=rate,
         mode=runner.mode,
         checkpoint=str(checkpoint),

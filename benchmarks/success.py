@@ -92,9 +92,12 @@ def run_cell(
     )
     overrides = policy_overrides(policy)
     if args.nets == "full":
-        overrides = {k: v for k, v in overrides.items() if k in ("obs_keys", "action_keys")}
+        keep = ("obs_keys", "action_keys", "relative_actions")
+        overrides = {k: v for k, v in overrides.items() if k in keep}
     if obs == "image":
         overrides["obs_keys"] = ["state", "top"]
+    if args.actions != "auto":
+        overrides["relative_actions"] = args.actions == "relative"
     for key, value in overrides.items():
         OmegaConf.update(cfg.policy, key, value, merge=False)
     t0 = time.perf_counter()
@@ -116,6 +119,8 @@ def run_cell(
         "obs": obs,
         "budget": budget,
         "nets": args.nets,
+        "actions": "relative" if cfg.policy.get("relative_actions") else "absolute",
+        "mode": report.mode,
         "device": _device(),
         "demos": args.demos,
         "steps": int(cfg.train.steps),
@@ -176,7 +181,13 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell["budget"],
         cell.get("nets", "cpu"),
         cell["demos"],
+        cell.get("actions", "absolute"),
     )
+
+
+def _pct(rate: float) -> str:
+    """92%, or 99.5% where a whole percent would round 199/200 up to 100%."""
+    return f"{rate:.0%}" if abs(rate * 100 - round(rate * 100)) < 1e-9 else f"{rate:.1%}"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -188,6 +199,7 @@ def table(results: dict[str, Any]) -> str:
             c["budget"],
             c.get("nets", "cpu"),
             c["policy"],
+            c.get("actions", "absolute"),
             c["demos"],
         ),
     )
@@ -200,21 +212,24 @@ def table(results: dict[str, Any]) -> str:
         "configs/train/<budget>.yaml and evaluates the last checkpoint on unseen seeds 100000… "
         "Success: the task's own check; score: push_t's area coverage (1 on success for the "
         "other tasks). nets: `cpu` = the demo's small networks, `full` = the policy configs' "
-        "own sizes. Trained on: the device of the training run (evaluation always on CPU "
-        "worker processes).",
+        "own sizes. actions: absolute joint targets, or `relative` to the joint state "
+        "(`policy.relative_actions`, `--actions`). mode: how the evaluation executed the chunks "
+        "(robolearn.runner; the cells before 2026-12-06 ran `sync`, since then `robolearn "
+        "eval`'s default `auto`, the policy's own). Trained on: the device of the training run "
+        "(evaluation always on CPU worker processes).",
         "",
-        "| task | obs | policy | nets | budget | demos | steps × batch | trained on | train min "
-        "| samples/s | success | 95% CI | mean score | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | obs | policy | nets | actions | mode | budget | demos | steps × batch "
+        "| trained on | train min | samples/s | success | 95% CI | mean score | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         lo, hi = c["ci95"]
         lines.append(
             f"| {c['task']} | {c['obs']} | {c['policy']} | {c.get('nets', 'cpu')} | "
-            f"{c['budget']} | {c['demos']} | {c['steps']} × {c['batch_size']} | "
+            f"{c.get('actions', 'absolute')} | {c.get('mode', 'sync')} | {c['budget']} | {c['demos']} | {c['steps']} × {c['batch_size']} | "
             f"{c.get('device', 'CPU (2 cores)')} | {c['train_s'] / 60:.1f} | "
             f"{c['samples_per_s'] or 0:,.0f} | **{c['successes']}/{c['episodes']} = "
-            f"{c['success_rate']:.0%}** | {lo:.0%}–{hi:.0%} | {c['mean_score']:.2f} | "
+            f"{_pct(c['success_rate'])}** | {lo:.0%}–{hi:.0%} | {c['mean_score']:.2f} | "
             f"{c['commit']} |"
         )
     return "\n".join(lines)
@@ -230,6 +245,12 @@ def main() -> int:
     ap.add_argument("--demos", type=int, default=200, help="demonstrations per store")
     ap.add_argument("--work", default="/tmp/robolearn_success", help="stores and runs")
     ap.add_argument("--nets", default="cpu", choices=["cpu", "full"], help="network sizes")
+    ap.add_argument(
+        "--actions",
+        default="auto",
+        choices=["auto", "absolute", "relative"],
+        help="absolute joint targets or relative to the joint state (auto: the demo's choice)",
+    )
     ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
     ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
