@@ -83,10 +83,16 @@ def _wrap(a: float) -> float:
 
 
 class PushT(Task):
-    """Success: the block's centre within `pos_tol` of the drawn T's and its heading within
-    `yaw_tol` (a 2 cm / 10° window on the Panda; the keypoint error is also in the state)."""
+    """Success: the block covers at least `success_coverage` (90 %) of the drawn T's area, the
+    classic Push-T criterion (Diffusion Policy's environment uses 95 %). On the Panda's T (a
+    10 cm bar) 90 % allows a 4.5 mm shift alone or a 5° turn alone, less of each together
+    (the 2 cm / 10° window of earlier versions let a block at 60–70 % coverage pass). The score is the coverage itself; evaluations report each episode's best.
+
+    `pos_tol` / `yaw_tol` (2 cm / 10° on the Panda) only set how far from the goal an episode
+    starts and where the expert slows its pushes down."""
 
     name = "push_t"
+    success_coverage = 0.9
 
     @classmethod
     def default_config(cls) -> TaskConfig:
@@ -188,8 +194,7 @@ class PushT(Task):
         return float(np.linalg.norm(pos[:2] - self.goal)), abs(_wrap(yaw - self.goal_yaw))
 
     def success(self) -> bool:
-        dist, dyaw = self.errors()
-        return bool(dist < self.pos_tol and dyaw < self.yaw_tol)
+        return self.coverage() >= self.success_coverage
 
     def coverage(self) -> float:
         """The fraction of the drawn T's area that the block covers (Push-T's score, 0 … 1)."""
@@ -303,6 +308,9 @@ class PushTExpert(PushingExpert):
         now = tool_yaw(obs)
         hand = ee[:2] + self.pusher.centre(now)
         offset = self.pusher.centre(now if self._aim is None else self._aim)
+        if self.phase in ("backoff", "retreat") and task.coverage() < task.success_coverage:
+            # letting go, or lifting the jaws, dragged the block out of place: push again
+            self.phase, self.keep_tilt = "choose", False
         if self.phase == "retreat":
             if self.index >= len(self.waypoints) or ee[2] > self.travel_z - 0.01:
                 self._finished = True
@@ -312,10 +320,10 @@ class PushTExpert(PushingExpert):
                 self.phase = "retreat"
                 self._set(self._up(ee))
             return
-        # aim for half the tolerance (a little better with a light arm: letting go of the block
-        # jolts it); after many strokes settle for a little less precision
-        f = (0.4 if self.gentle else 0.5) if self.strokes < 25 else 0.7
-        there = dist < f * task.pos_tol and dyaw < f * task.yaw_tol
+        # aim a little past the success threshold (letting go of the block can jolt it); after
+        # many strokes settle for the threshold itself
+        margin = 0.03 if self.strokes < 30 else 0.0
+        there = task.coverage() >= task.success_coverage + margin
         if there and self.gentle:
             # A light arm jolts the block as its targets jump: first let go of the pressure,
             # holding the joints where they are, until the block is at rest; then back off
