@@ -218,7 +218,7 @@ class Recorder:
                 self._writer(store) as writer,
                 self._interrupt,
             ):
-                self._record_all(writer, store.num_episodes)
+                self._record_all(writer, store.num_episodes, _next_seed_index(store, cfg.seed))
         finally:
             self._hold()
         saved = sum(r.outcome == "saved" for r in self.results)
@@ -248,11 +248,10 @@ class Recorder:
             except Exception as exc:  # report it, never mask the original error
                 self.log(f"warning: could not make the robot hold still: {exc}")
 
-    def _record_all(self, writer: _Writer, saved_before: int) -> None:
+    def _record_all(self, writer: _Writer, saved_before: int, seed_index: int) -> None:
         cfg = self.config
         saved = 0
         attempt = 0
-        seed_index = saved_before  # resumed sim recordings continue the seed sequence
         while saved < cfg.num_episodes:
             if cfg.max_attempts is not None and attempt >= cfg.max_attempts:
                 self.log(f"stopping after {attempt} attempts ({saved} saved)")
@@ -494,3 +493,14 @@ def _disk_bytes(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, f)).st_size
     return total
+
+
+def _next_seed_index(store: EpisodeStore, base: int) -> int:
+    """Where a resumed simulated recording continues the seed sequence (seed = base + index):
+    after the highest seed already stored, so that no stored scene is recorded twice (episodes
+    that failed or were discarded used seeds too, so the number of stored episodes is not
+    enough), and never before the number of stored episodes."""
+    seeds = [e.extra.get("seed") for e in store.episodes()]
+    highest = max((int(x) for x in seeds if isinstance(x, int)), default=None)
+    after = 0 if highest is None else highest - base + 1
+    return max(store.num_episodes, after)

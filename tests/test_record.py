@@ -130,6 +130,25 @@ def test_save_discard_and_rerecord_keys(tmp_path: Path) -> None:
         assert store.num_episodes == 1 and store.episode(0).length == 8
 
 
+def test_a_resumed_recording_never_repeats_a_stored_seed(tmp_path: Path) -> None:
+    """A discarded (or failed) episode uses up its seed: resuming after it must continue after
+    the highest stored seed, not at the number of stored episodes (which would record the
+    scene of seed 2 twice here)."""
+    path = tmp_path / "resume.zarr"
+    cfg = RecordConfig(path, num_episodes=2, fps=10, episode_time_s=20)
+    with PyBulletRobot("panda", task=make_task("reach")) as robot:
+        first = Recorder(robot, Operator(robot, [(0, 3, EpisodeEvent.DISCARD)]), cfg, log=quiet)
+        assert [(r.outcome, r.seed) for r in first.run()] == [
+            ("discarded", 0),
+            ("saved", 1),
+            ("saved", 2),
+        ]
+        again = Recorder(robot, ExpertTeleop(robot), cfg, log=quiet).run()
+    assert [(r.outcome, r.seed, r.index) for r in again] == [("saved", 3, 2), ("saved", 4, 3)]
+    with EpisodeStore.open(path, "r") as store:
+        assert [e.extra["seed"] for e in store.episodes()] == [1, 2, 3, 4]
+
+
 class FlakyCamera(PyBulletRobot):
     """A simulated robot whose camera stops delivering after `frames` frames."""
 
