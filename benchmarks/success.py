@@ -71,7 +71,8 @@ def record(task: str, obs: str, episodes: int, work: Path) -> Path:
 
 def run_cell(
     policy: str, task: str, obs: str, budget: str, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """Record (or reuse) the store, train once, evaluate the last checkpoint in each mode."""
     from omegaconf import OmegaConf
 
     from robolearn.config import compose
@@ -106,13 +107,26 @@ def run_cell(
     log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in log if r["kind"] == "train"]
     env = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").env)
-    report = evaluate(
-        find_checkpoint(run_dir, "last"),
-        env,  # type: ignore[arg-type]
-        episodes=args.episodes,
-        videos=1,
-        out_dir=run_dir / "eval",
-    )
+    cells = []
+    for mode in args.mode.split(","):
+        report = evaluate(
+            find_checkpoint(run_dir, "last"),
+            env,  # type: ignore[arg-type]
+            episodes=args.episodes,
+            videos=1,
+            out_dir=run_dir / "eval",
+            mode=mode,
+        )
+        cells.append(_cell(policy, task, obs, budget, args, cfg, report, run_dir))
+        cells[-1].update(record_s=record_s, train_s=train_s, samples_per_s=_median(rates))
+    return cells
+
+
+def _median(xs: list[float]) -> float | None:
+    return float(sorted(xs)[len(xs) // 2]) if xs else None
+
+
+def _cell(policy, task, obs, budget, args, cfg, report, run_dir) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return {
         "policy": policy,
         "task": task,
@@ -125,9 +139,6 @@ def run_cell(
         "demos": args.demos,
         "steps": int(cfg.train.steps),
         "batch_size": int(cfg.train.batch_size),
-        "record_s": record_s,
-        "train_s": train_s,
-        "samples_per_s": float(sorted(rates)[len(rates) // 2]) if rates else None,
         "episodes": report.episodes,
         "successes": report.successes,
         "success_rate": report.success_rate,
@@ -173,7 +184,8 @@ def save(results: dict[str, Any], path: Path = RESULTS) -> None:
 
 
 def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
-    """One row per policy, task, observations, budget, network size and number of demos."""
+    """One row per policy, task, observations, budget, network size, number of demos, actions
+    and execution mode."""
     return (
         cell["policy"],
         cell["task"],
@@ -182,6 +194,7 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell.get("nets", "cpu"),
         cell["demos"],
         cell.get("actions", "absolute"),
+        cell.get("mode", "sync"),
     )
 
 
@@ -201,13 +214,14 @@ def table(results: dict[str, Any]) -> str:
             c["policy"],
             c.get("actions", "absolute"),
             c["demos"],
+            c.get("mode", "sync"),
         ),
     )
     lines = [
         "## Success rates (policies trained on scripted demonstrations)",
         "",
         "Command: `.venv/bin/python benchmarks/success.py [--policies …] [--tasks …] [--obs …] "
-        "[--budget demo|long] [--nets cpu|full]`. Simulated Panda, lock-step; each cell records "
+        "[--budget demo|long] [--nets cpu|full] [--mode auto|sync|blend|ensemble,…]`. Simulated Panda, lock-step; each cell records "
         "the scripted expert's demonstrations (seeds 0…), trains with "
         "configs/train/<budget>.yaml and evaluates the last checkpoint on unseen seeds 100000… "
         "Success: the task's own check; score: push_t's area coverage (1 on success for the "
@@ -251,6 +265,12 @@ def main() -> int:
         choices=["auto", "absolute", "relative"],
         help="absolute joint targets or relative to the joint state (auto: the demo's choice)",
     )
+    ap.add_argument(
+        "--mode",
+        default="auto",
+        help="how evaluation executes the chunks (robolearn.runner's modes; auto: the policy's "
+        "own); comma-separated evaluates the same checkpoint in each, one row per mode",
+    )
     ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
     ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
@@ -262,13 +282,13 @@ def main() -> int:
             for task in args.tasks.split(","):
                 for obs in args.obs.split(","):
                     for policy in args.policies.split(","):
-                        cell = run_cell(policy, task, obs, budget, args)
-                        results["cells"] = [
-                            c for c in results["cells"] if _key(c) != _key(cell)
-                        ] + [cell]
-                        save(results, args.results)
-                        update_docs_section(DOCS, "success", table(results))
-                        print(json.dumps(cell), flush=True)
+                        for cell in run_cell(policy, task, obs, budget, args):
+                            results["cells"] = [
+                                c for c in results["cells"] if _key(c) != _key(cell)
+                            ] + [cell]
+                            save(results, args.results)
+                            update_docs_section(DOCS, "success", table(results))
+                            print(json.dumps(cell), flush=True)
     update_docs_section(DOCS, "success", table(results))
     return 0
 

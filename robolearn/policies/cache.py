@@ -83,6 +83,11 @@ def cpu_weights(dtype: str) -> Iterator[None]:
         _WEIGHTS.reset(token)
 
 
+def cpu_weights_dtype() -> str:
+    """The weight precision `cpu_weights` set for the CPU products of the current block."""
+    return _WEIGHTS.get()
+
+
 class PackedLinear:
     """`F.linear` at CPU inference through oneDNN, on a weight reordered for it once.
 
