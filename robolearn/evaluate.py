@@ -47,6 +47,17 @@ class EvalError(RobolearnError):
 
 
 # ---------------------------------------------------------------------- statistics
+def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """A 95 % interval of the mean of scores in [0, 1] (normal approximation, clipped to the
+    range): push_t's mean coverage varies from run to run as a success rate does."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (0.0, 1.0)
+    half = z * float(x.std(ddof=1)) / np.sqrt(x.size) if x.size > 1 else 1.0
+    m = float(x.mean())
+    return (max(0.0, float(m - half)), min(1.0, float(m + half)))
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """The Wilson score interval of a success rate (95% by default); (0, 1) for n = 0.
 
@@ -74,19 +85,26 @@ class ChunkExecutor:
     representations sends only `action_key` to the robot.
     """
 
-    def __init__(self, policy: Any, action_key: str | None = None, mode: str = "sync") -> None:
+    def __init__(
+        self,
+        policy: Any,
+        action_key: str | None = None,
+        mode: str = "sync",
+        n_action_steps: int | None = None,
+    ) -> None:
         from robolearn.runner import PolicyRunner, RunnerConfig, RunnerError
 
         try:
+            config = RunnerConfig(mode=mode, inference="inline", n_action_steps=n_action_steps)
             self.runner = PolicyRunner(
                 policy,
                 1.0,  # time is counted in ticks
-                RunnerConfig(mode=mode, inference="inline"),
+                config,
                 clock=_TickClock(),
                 action_key=action_key,
             )
-        except RunnerError as exc:
-            raise EvalError(str(exc)) from None
+        except RunnerError as exc:  # eval's key is n_action_steps=, deploy's runner.…
+            raise EvalError(str(exc).replace("runner.n_action_steps", "n_action_steps")) from None
         self.policy = policy
         self.action_key = self.runner.action_key
         self._tick = 0
@@ -262,6 +280,7 @@ class EvalJob:
     max_steps: int | None = None
     threads: int = 1
     mode: str = "sync"
+    n_action_steps: int | None = None
     video_size: tuple[int, int] = (VIDEO_CAMERA["width"], VIDEO_CAMERA["height"])
 
 
@@ -275,7 +294,7 @@ def _worker(job: EvalJob, results: Any) -> None:
         from sim.robot import CameraConfig
 
         policy = Policy.load(job.checkpoint, device=job.device)
-        executor = ChunkExecutor(policy, job.action_key, job.mode)
+        executor = ChunkExecutor(policy, job.action_key, job.mode, job.n_action_steps)
         width, height = job.video_size
         video = CameraConfig(**{**VIDEO_CAMERA, "width": width, "height": height})
         with make_sim_robot(job.robot, policy.image_keys) as robot:
@@ -389,13 +408,17 @@ class EvalReport:
     videos: list[str]
     per_episode: list[dict[str, Any]]
     mode: str = "sync"  # how chunks were executed (robolearn.runner)
+    score_ci95: tuple[float, float] | None = None  # of the mean score (normal approximation)
+    n_action_steps: int | None = None  # actions executed per chunk (None: the policy's own)
 
     def summary(self) -> str:
         lo, hi = self.ci95
+        score = f"mean score {self.mean_score:.2f}"
+        if self.score_ci95 is not None and self.score_ci95[0] != self.score_ci95[1]:
+            score += f" ({self.score_ci95[0]:.2f}–{self.score_ci95[1]:.2f})"
         return (
             f"{self.task}: {self.successes}/{self.episodes} = {self.success_rate:.0%} success "
-            f"(95% CI {lo:.0%}–{hi:.0%}), mean score {self.mean_score:.2f}, "
-            f"mean length {self.mean_steps:.0f} steps"
+            f"(95% CI {lo:.0%}–{hi:.0%}), {score}, mean length {self.mean_steps:.0f} steps"
         )
 
     def write(self, path: str | os.PathLike[str]) -> Path:
@@ -422,11 +445,12 @@ def evaluate(
     progress: Callable[[EpisodeOutcome], None] | None = None,
     mode: str = "auto",
     video_size: Sequence[int] = (VIDEO_CAMERA["width"], VIDEO_CAMERA["height"]),
+    n_action_steps: int | None = None,
 ) -> EvalReport:
     """Roll out the policy saved in `checkpoint` for `episodes` seeds from `seed` on, executing
     its chunks in `mode` (the deployment runtime's modes, robolearn.runner; `auto`, the
-    default, is the policy's own, as `robolearn deploy` runs it); the videos are `video_size` =
-    (width, height) pixels."""
+    default, is the policy's own, as `robolearn deploy` runs it), `n_action_steps` actions of
+    each (None: the policy's own); the videos are `video_size` = (width, height) pixels."""
     from robolearn.runner import MODES
 
     if mode not in MODES:
@@ -459,6 +483,7 @@ def evaluate(
             max_steps=max_steps,
             threads=max(1, default_workers() // workers),
             mode=mode,
+            n_action_steps=n_action_steps,
             video_size=(size[0], size[1]),
         )
         for part in split_seeds(seeds, workers)
@@ -493,6 +518,8 @@ def evaluate(
             for o in outcomes
         ],
         mode=mode,
+        score_ci95=mean_interval([o.score for o in outcomes]),
+        n_action_steps=n_action_steps,
     )
     report.write(out / "report.json")
     return report

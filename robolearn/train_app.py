@@ -61,6 +61,7 @@ keys:
   video_size=[480,360]   (width, height of the videos)
   device=cpu|cuda  action_key=action.joint  max_steps=N
   mode=auto|sync|receding|blend|ensemble   (how chunks are executed, as robolearn deploy does; auto: the policy's own)
+  n_action_steps=N   (actions executed per chunk; default: the policy's, as deploy's runner.n_action_steps)
 """
 
 
@@ -283,6 +284,7 @@ class EvalSettings:
     action_key: str | None = None
     max_steps: int | None = None
     mode: str = "auto"
+    n_action_steps: int | None = None
     video_size: list[int] = dataclasses.field(default_factory=lambda: [480, 360])
 
 
@@ -383,6 +385,7 @@ def run_eval(cfg: DictConfig) -> int:
             max_steps=s.max_steps,
             progress=step,
             mode=s.mode,
+            n_action_steps=s.n_action_steps,
             video_size=s.video_size,
         )
     out_console.print(f"[bold]{report.summary()}[/]", highlight=False)

@@ -14,7 +14,13 @@ from robolearn.cli import main
 from robolearn.config import ConfigError, compose
 from robolearn.data.stats import get_stats
 from robolearn.data.store import EpisodeStore
-from robolearn.evaluate import ChunkExecutor, EvalError, evaluate, wilson_interval
+from robolearn.evaluate import (
+    ChunkExecutor,
+    EvalError,
+    evaluate,
+    mean_interval,
+    wilson_interval,
+)
 from robolearn.policies import make_policy
 from robolearn.policies.mlp import MLPConfig
 from robolearn.train_app import run_eval
@@ -25,6 +31,15 @@ def test_the_wilson_interval_matches_known_values() -> None:
     assert lo == pytest.approx(0.6696, abs=1e-3) and hi == pytest.approx(0.8876, abs=1e-3)
     assert wilson_interval(50, 50)[1] == pytest.approx(1.0) and wilson_interval(50, 50)[0] > 0.92
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] < 0.31
+
+
+def test_the_mean_score_interval_is_the_normal_one_clipped_to_the_range() -> None:
+    lo, hi = mean_interval([0.0, 1.0] * 50)  # mean 0.5, sample sd 0.5025, n 100
+    assert lo == pytest.approx(0.5 - 1.96 * 0.05025, abs=1e-4)
+    assert hi == pytest.approx(0.5 + 1.96 * 0.05025, abs=1e-4)
+    assert mean_interval([0.8] * 30) == pytest.approx((0.8, 0.8))
+    assert mean_interval([1.0, 0.99, 1.0])[1] == 1.0  # clipped
+    assert mean_interval([0.7]) == (0.0, 1.0) and mean_interval([]) == (0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +207,13 @@ def test_the_executor_runs_the_runtime_modes_in_lock_step(tmp_path: Path) -> Non
         calls[mode] = len(ex.inference_s)
     # sync and receding predict every n_action_steps ticks; ensembling predicts every tick
     assert calls == {"sync": 3, "receding": 3, "ensemble": 9}
+    # n_action_steps= overrides the policy's own (as deploy's runner.n_action_steps)
+    ex = ChunkExecutor(policy, mode="sync", n_action_steps=1)
+    for _ in range(9):
+        ex(obs0)
+    assert len(ex.inference_s) == 9
+    with pytest.raises(EvalError, match=r"^n_action_steps=7 does not fit"):
+        ChunkExecutor(policy, mode="sync", n_action_steps=7)
     with pytest.raises(EvalError, match="mode='fast'"):
         evaluate(tmp_path, {}, episodes=1, out_dir=tmp_path / "x", mode="fast")
     for size in ([480], [480, 0], [480.5, 360]):
