@@ -17,7 +17,9 @@ Budgets: `demo` is what `robolearn demo` trains (about a minute for the MLP on 2
 Networks: `--nets cpu` (default) uses the demo's small networks (robolearn/demo.py);
 `--nets full` keeps configs/policy/<policy>.yaml's sizes (diffusion policy's U-Net 256-512-1024,
 ACT's 512-wide transformer), for a GPU. Observations: `state` is the joint state + the task's
-object state; `image` is the joint state + a 96×96 top camera (no object state).
+object state; `image` is the joint state + a 96×96 top camera (no object state), seen through
+`--backbone` (default `cnn`, the small network of robolearn.policies.vision that trains at
+hundreds of frames/s on a CPU; `resnet18` for a GPU); image cells train on every core.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def run_cell(
         "train",
         [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"]
         + ([f"train.steps={args.steps}"] if args.steps else [])
-        + ([f"train.batch_size={args.batch_size}"] if args.batch_size else []),
+        + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
+        + (["train.threads=null"] if obs == "image" else []),  # the demo budget runs 1 thread
     )
     overrides = policy_overrides(policy)
     if args.nets == "full":
@@ -97,6 +100,7 @@ def run_cell(
         overrides = {k: v for k, v in overrides.items() if k in keep}
     if obs == "image":
         overrides["obs_keys"] = ["state", "top"]
+        overrides["vision.backbone"] = args.backbone
     if args.actions != "auto":
         overrides["relative_actions"] = args.actions == "relative"
     for key, value in overrides.items():
@@ -134,6 +138,7 @@ def _cell(policy, task, obs, budget, args, cfg, report, run_dir) -> dict[str, An
         "policy": policy,
         "task": task,
         "obs": obs,
+        "vision": cfg.policy.vision.backbone if obs == "image" else None,
         "budget": budget,
         "nets": args.nets,
         "actions": "relative" if cfg.policy.get("relative_actions") else "absolute",
@@ -195,6 +200,7 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell["policy"],
         cell["task"],
         cell["obs"],
+        cell.get("vision"),
         cell["budget"],
         cell.get("nets", "cpu"),
         cell["demos"],
@@ -213,6 +219,11 @@ def _mode(cell: dict[str, Any]) -> str:
     """The execution mode, with the actions executed per chunk where they are not the policy's."""
     n = cell.get("n_action_steps")
     return cell.get("mode", "sync") + (f", {n} per chunk" if n else "")
+
+
+def _obs(cell: dict[str, Any]) -> str:
+    """The observations, with the vision backbone of image cells."""
+    return cell["obs"] + (f" ({cell['vision']})" if cell.get("vision") else "")
 
 
 def _score(cell: dict[str, Any]) -> str:
@@ -251,7 +262,7 @@ def table(results: dict[str, Any]) -> str:
         "earlier push_t cells used a 2 cm / 10° window and were dropped); score: push_t's best "
         "area coverage in the episode, its mean with a 95 % interval (1 on success for the "
         "other tasks). nets: `cpu` = the demo's small networks, `full` = the policy configs' "
-        "own sizes. actions: absolute joint targets, or `relative` to the joint state "
+        "own sizes; image cells name their vision backbone (`--backbone`). actions: absolute joint targets, or `relative` to the joint state "
         "(`policy.relative_actions`, `--actions`). mode: how the evaluation executed the chunks "
         "(robolearn.runner; the cells before 2026-12-06 ran `sync`, since then `robolearn "
         "eval`'s default `auto`, the policy's own; `--mode`), and, where named, how many "
@@ -265,7 +276,7 @@ def table(results: dict[str, Any]) -> str:
     for c in rows:
         lo, hi = c["ci95"]
         lines.append(
-            f"| {c['task']} | {c['obs']} | {c['policy']} | {c.get('nets', 'cpu')} | "
+            f"| {c['task']} | {_obs(c)} | {c['policy']} | {c.get('nets', 'cpu')} | "
             f"{c.get('actions', 'absolute')} | {_mode(c)} | {c['budget']} | {c['demos']} | {c['steps']} × {c['batch_size']} | "
             f"{c.get('device', 'CPU (2 cores)')} | {c['train_s'] / 60:.1f} | "
             f"{c['samples_per_s'] or 0:,.0f} | **{c['successes']}/{c['episodes']} = "
@@ -285,6 +296,12 @@ def main() -> int:
     ap.add_argument("--demos", type=int, default=200, help="demonstrations per store")
     ap.add_argument("--work", default="/tmp/robolearn_success", help="stores and runs")
     ap.add_argument("--nets", default="cpu", choices=["cpu", "full"], help="network sizes")
+    ap.add_argument(
+        "--backbone",
+        default="cnn",
+        choices=["cnn", "resnet18"],
+        help="the image cells' vision backbone (policy.vision.backbone)",
+    )
     ap.add_argument(
         "--actions",
         default="auto",

@@ -239,6 +239,55 @@ def test_pretrained_backbone_loads_only_from_a_named_local_file(tmp_path):
         resnet18_backbone("batch", tmp_path / "other.pth")
 
 
+@pytest.mark.parametrize("name", ["mlp", "act"])
+def test_the_small_cnn_backbone_learns_and_round_trips(name, camera_store, tmp_path):
+    """vision.backbone=cnn: the camera path learns, its feature map sets ACT's image tokens,
+    and a saved policy gives the same chunks."""
+    import dataclasses
+
+    vision = dataclasses.replace(
+        small_config(name).vision, backbone="cnn", norm="batch" if name == "act" else "group"
+    )
+    policy = build(name, camera_store, vision=vision)
+    if name == "act":  # stride 8 on the 32×32 frame: 4×4 tokens per camera
+        assert policy.image_tokens == 16
+    first, last = _overfit(policy, camera_store, 60, 8)
+    assert last < 0.5 * first, f"{name}: loss {first:.3f} → {last:.3f}"
+    policy.save(tmp_path / "p")
+    loaded = Policy.load(tmp_path / "p")
+    assert loaded.config.vision.backbone == "cnn"
+    obs = start_observation(policy.n_obs_steps, 2, CAMERA)
+    torch.testing.assert_close(policy.predict_chunk(obs), loaded.predict_chunk(obs), rtol=0, atol=0)
+
+
+def test_the_small_cnn_backbone_shapes_folding_and_errors():
+    from robolearn.policies.vision import (
+        VisionConfig,
+        cnn_backbone,
+        fold_batchnorm,
+        make_backbone,
+    )
+
+    net, channels, stride = make_backbone(VisionConfig(backbone="cnn"))
+    assert (channels, stride) == (64, 8)
+    assert net(torch.rand(2, 3, 86, 86)).shape == (2, 64, 11, 11)
+    # BatchNorm folded into the convolutions at inference: the same function
+    torch.manual_seed(0)
+    bn = cnn_backbone("batch")
+    bn.train()
+    with torch.no_grad():
+        for _ in range(3):
+            bn(torch.rand(8, 3, 40, 40))  # running statistics away from their defaults
+    bn.eval()
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(bn)(x), bn(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(SpecError, match="backbone=cnn has none"):
+        make_backbone(VisionConfig(backbone="cnn", pretrained="weights.pth"))
+    with pytest.raises(SpecError, match="resnet18, cnn"):
+        make_backbone(VisionConfig(backbone="resnet50"))
+
+
 def test_augmentation_crops_randomly_when_training_and_centrally_at_inference():
     from robolearn.policies.vision import ImageAugment
 

@@ -27,7 +27,7 @@ from robolearn.policies.vision import (
     InferenceBackbone,
     VisionConfig,
     crop_size,
-    resnet18_backbone,
+    make_backbone,
     use_matmul_convs,
 )
 from robolearn.spec import FeatureSpec
@@ -133,13 +133,13 @@ class ACTPolicy(Policy):
         self.image_tokens = 0
         if self.image_keys:
             # One backbone for every camera (as ACT); crops and positions are per camera.
-            self.backbone = resnet18_backbone(config.vision.norm, config.vision.pretrained)
-            self.image_proj = use_matmul_convs(nn.Conv2d(512, d, 1))
+            self.backbone, channels, stride = make_backbone(config.vision)
+            self.image_proj = use_matmul_convs(nn.Conv2d(channels, d, 1))
             self.augment = nn.ModuleList()
             for i, key in enumerate(self.image_keys):
                 out_hw = crop_size(self.spec[key].shape, config.vision.crop)
                 self.augment.append(ImageAugment(out_hw, config.vision.color_jitter))
-                fh, fw = math.ceil(out_hw[0] / 32), math.ceil(out_hw[1] / 32)
+                fh, fw = math.ceil(out_hw[0] / stride), math.ceil(out_hw[1] / stride)
                 self.register_buffer(
                     f"image_pos_{i}", sinusoid_2d(fh, fw, d)[None], persistent=False
                 )
