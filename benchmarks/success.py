@@ -41,14 +41,22 @@ from robolearn.demo import policy_overrides  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "success.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
-CAMERAS = ["robot.cameras=[{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96}]"]
+# The image cells' camera, 96×96, named `top`: `wide` is sim.robot.CameraConfig's default view
+# (the workspace fills about a third of the frame; a cube is ~3 px), `framed` looks at the Panda's
+# workspace from the front at 38° (a cube is ~6 px, the hand rarely hides it).
+CAMERAS = {
+    "wide": "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96}",
+    "framed": "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96, "
+    "eye: [1.05, 0.0, 0.7], target: [0.52, 0.0, 0.02], fov: 38}",
+}
 
 
-def record(task: str, obs: str, episodes: int, work: Path) -> Path:
+def record(task: str, obs: str, episodes: int, work: Path, camera: str = "wide") -> Path:
     from robolearn.cli import main as cli_main
     from robolearn.data.store import EpisodeStore
 
-    path = work / f"{task}_{obs}_{episodes}.zarr"
+    view = f"-{camera}" if obs == "image" and camera != "wide" else ""
+    path = work / f"{task}_{obs}{view}_{episodes}.zarr"
     have = 0
     if (path / "zarr.json").exists():
         with EpisodeStore.open(path) as store:
@@ -64,7 +72,7 @@ def record(task: str, obs: str, episodes: int, work: Path) -> Path:
             f"dataset={path}",
             "keys=off",
             "status=off",
-            *(CAMERAS if obs == "image" else ["robot.cameras=[]"]),
+            f"robot.cameras=[{CAMERAS[camera]}]" if obs == "image" else "robot.cameras=[]",
         ]
         if cli_main(args) != 0:
             raise RuntimeError(f"recording {path} failed")
@@ -84,7 +92,7 @@ def run_cell(
 
     work = Path(args.work)
     t0 = time.perf_counter()
-    dataset = record(task, obs, args.demos, work)
+    dataset = record(task, obs, args.demos, work, args.camera)
     record_s = time.perf_counter() - t0
     run_dir = work / "runs" / f"{policy}_{task}_{obs}_{budget}_{time.strftime('%m%d-%H%M%S')}"
     cfg = compose(
@@ -139,6 +147,7 @@ def _cell(policy, task, obs, budget, args, cfg, report, run_dir) -> dict[str, An
         "task": task,
         "obs": obs,
         "vision": cfg.policy.vision.backbone if obs == "image" else None,
+        "camera": args.camera if obs == "image" else None,
         "budget": budget,
         "nets": args.nets,
         "actions": "relative" if cfg.policy.get("relative_actions") else "absolute",
@@ -201,6 +210,7 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell["task"],
         cell["obs"],
         cell.get("vision"),
+        cell.get("camera") or ("wide" if cell["obs"] == "image" else None),
         cell["budget"],
         cell.get("nets", "cpu"),
         cell["demos"],
@@ -223,7 +233,9 @@ def _mode(cell: dict[str, Any]) -> str:
 
 def _obs(cell: dict[str, Any]) -> str:
     """The observations, with the vision backbone of image cells."""
-    return cell["obs"] + (f" ({cell['vision']})" if cell.get("vision") else "")
+    if cell["obs"] != "image":
+        return cell["obs"]
+    return f"image ({cell.get('vision', 'resnet18')}, {cell.get('camera') or 'wide'} view)"
 
 
 def _score(cell: dict[str, Any]) -> str:
@@ -301,6 +313,9 @@ def main() -> int:
         default="cnn",
         choices=["cnn", "resnet18"],
         help="the image cells' vision backbone (policy.vision.backbone)",
+    )
+    ap.add_argument(
+        "--camera", default="framed", choices=sorted(CAMERAS), help="the image cells' view"
     )
     ap.add_argument(
         "--actions",
