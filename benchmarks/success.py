@@ -8,8 +8,9 @@ budget, each evaluated over lock-step rollouts on unseen seeds with a 95% Wilson
 Every cell runs the real commands' code: `robolearn record` (scripted expert, lock-step), the
 trainer of `robolearn train` with configs/train/<budget>.yaml, and `robolearn eval`'s
 evaluation. Stores are cached under --work and reused; results are merged into
-benchmarks/results/success.json cell by cell (so a long sweep can be run in parts) and the
-table in docs/benchmarks.md is rebuilt from all cells measured so far.
+benchmarks/results/success.json cell by cell (so a long sweep can be run in parts, and sweeps
+can run side by side, one per core) and the table in docs/benchmarks.md is rebuilt from all
+cells measured so far.
 
 Budgets: `demo` is what `robolearn demo` trains (about a minute for the MLP on 2 CPU cores);
 `long` is configs/train/long.yaml (see its header for its length).
@@ -17,7 +18,8 @@ Budgets: `demo` is what `robolearn demo` trains (about a minute for the MLP on 2
 Networks: `--nets cpu` (default) uses the demo's small networks (robolearn/demo.py);
 `--nets full` keeps configs/policy/<policy>.yaml's sizes (diffusion policy's U-Net 256-512-1024,
 ACT's 512-wide transformer), for a GPU. Observations: `state` is the joint state + the task's
-object state; `image` is the joint state + a 96×96 top camera (no object state), seen through
+object state; `image` is the joint state + a 96×96 top camera (no object state; `--camera wrist` adds a
+64×64 wrist camera), seen through
 `--backbone` (default `cnn`, the small network of robolearn.policies.vision that trains at
 hundreds of frames/s on a CPU; `resnet18` for a GPU); image cells train on every core.
 """
@@ -41,14 +43,30 @@ from robolearn.demo import policy_overrides  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "success.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
-# The image cells' camera, 96×96, named `top`: `wide` is sim.robot.CameraConfig's default view
-# (the workspace fills about a third of the frame; a cube is ~3 px), `framed` looks at the Panda's
-# workspace from the front at 38° (a cube is ~6 px, the hand rarely hides it).
+# The image cells' cameras. `wide`: one 96×96 camera named `top` with sim.robot.CameraConfig's
+# default view (the workspace fills about a third of the frame; a cube is ~3 px). `framed`: the
+# same camera looking at the Panda's workspace from the front at 38° (a cube is ~6 px, the hand
+# rarely hides it). `wrist`: the wide top camera + a 64×64 camera riding on the hand, looking
+# down past the fingers (configs/robot/sim_panda.yaml's mount), as diffusion policy's real-robot
+# setups pair a static camera with a wrist one; 64×64 keeps the training cost at ~1.4× one camera.
+TOP_WIDE = "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96}"
 CAMERAS = {
-    "wide": "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96}",
-    "framed": "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96, "
-    "eye: [1.05, 0.0, 0.7], target: [0.52, 0.0, 0.02], fov: 38}",
+    "wide": [TOP_WIDE],
+    "framed": [
+        "{_target_: sim.robot.CameraConfig, name: top, width: 96, height: 96, "
+        "eye: [1.05, 0.0, 0.7], target: [0.52, 0.0, 0.02], fov: 38}"
+    ],
+    "wrist": [
+        TOP_WIDE,
+        "{_target_: sim.robot.CameraConfig, name: wrist, mount: wrist, width: 64, height: 64, "
+        "eye: [0.07, 0.0, 0.02], target: [0.0, 0.0, 0.25], up: [1.0, 0.0, 0.0]}",
+    ],
 }
+
+
+def camera_names(camera: str) -> list[str]:
+    """The observation keys of a --camera choice's cameras, in order."""
+    return [c.split("name: ", 1)[1].split(",", 1)[0] for c in CAMERAS[camera]]
 
 
 def record(task: str, obs: str, episodes: int, work: Path, camera: str = "wide") -> Path:
@@ -72,7 +90,9 @@ def record(task: str, obs: str, episodes: int, work: Path, camera: str = "wide")
             f"dataset={path}",
             "keys=off",
             "status=off",
-            f"robot.cameras=[{CAMERAS[camera]}]" if obs == "image" else "robot.cameras=[]",
+            f"robot.cameras=[{','.join(CAMERAS[camera])}]"
+            if obs == "image"
+            else "robot.cameras=[]",
         ]
         if cli_main(args) != 0:
             raise RuntimeError(f"recording {path} failed")
@@ -107,7 +127,7 @@ def run_cell(
         keep = ("obs_keys", "action_keys", "relative_actions")
         overrides = {k: v for k, v in overrides.items() if k in keep}
     if obs == "image":
-        overrides["obs_keys"] = ["state", "top"]
+        overrides["obs_keys"] = ["state", *camera_names(args.camera)]
         overrides["vision.backbone"] = args.backbone
     if args.actions != "auto":
         overrides["relative_actions"] = args.actions == "relative"
@@ -202,6 +222,23 @@ def save(results: dict[str, Any], path: Path = RESULTS) -> None:
     tmp.replace(path)
 
 
+def merge(cell: dict[str, Any], path: Path = RESULTS) -> dict[str, Any]:
+    """Put `cell` into the results at `path` (replacing the cell it re-measures) and rebuild the
+    docs table. Reads the file afresh under a lock, so sweeps run side by side (one cell per
+    core) do not overwrite each other's cells."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load(path)
+        results["cells"] = [c for c in results["cells"] if _key(c) != _key(cell)] + [cell]
+        save(results, path)
+        if path == RESULTS:
+            update_docs_section(DOCS, "success", table(results))
+    return results
+
+
 def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
     """One row per policy, task, observations, budget, network size, number of demos, actions
     and execution mode."""
@@ -235,7 +272,9 @@ def _obs(cell: dict[str, Any]) -> str:
     """The observations, with the vision backbone of image cells."""
     if cell["obs"] != "image":
         return cell["obs"]
-    return f"image ({cell.get('vision', 'resnet18')}, {cell.get('camera') or 'wide'} view)"
+    camera = cell.get("camera") or "wide"
+    view = "wide top + 64×64 wrist" if camera == "wrist" else f"{camera} view"
+    return f"image ({cell.get('vision', 'resnet18')}, {view})"
 
 
 def _score(cell: dict[str, Any]) -> str:
@@ -315,7 +354,7 @@ def main() -> int:
         help="the image cells' vision backbone (policy.vision.backbone)",
     )
     ap.add_argument(
-        "--camera", default="framed", choices=sorted(CAMERAS), help="the image cells' view"
+        "--camera", default="wide", choices=sorted(CAMERAS), help="the image cells' view"
     )
     ap.add_argument(
         "--actions",
@@ -344,11 +383,7 @@ def main() -> int:
                 for obs in args.obs.split(","):
                     for policy in args.policies.split(","):
                         for cell in run_cell(policy, task, obs, budget, args):
-                            results["cells"] = [
-                                c for c in results["cells"] if _key(c) != _key(cell)
-                            ] + [cell]
-                            save(results, args.results)
-                            update_docs_section(DOCS, "success", table(results))
+                            results = merge(cell, args.results)
                             print(json.dumps(cell), flush=True)
     update_docs_section(DOCS, "success", table(results))
     return 0

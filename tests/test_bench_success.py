@@ -1,0 +1,80 @@
+"""benchmarks/success.py's camera choices compose into real robot configs, and its table names
+what each image cell saw. (The cells themselves take minutes to hours: they are run by hand and
+recorded in docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import success  # noqa: E402
+
+from robolearn.config import compose  # noqa: E402
+
+
+@pytest.mark.parametrize("camera", sorted(success.CAMERAS))
+def test_every_camera_choice_composes_into_the_record_config(camera: str) -> None:
+    override = f"robot.cameras=[{','.join(success.CAMERAS[camera])}]"
+    cfg = compose("record", ["robot=sim_panda", "task=pick_place", "teleop=expert", override])
+    cameras = [instantiate(c) for c in cfg.robot.cameras]
+    assert [c.name for c in cameras] == success.camera_names(camera)
+    assert all(c.width * c.height >= 64 * 64 for c in cameras)
+    if camera == "wrist":
+        assert [c.mount for c in cameras] == [None, "wrist"]
+        assert (cameras[1].width, cameras[1].height) == (64, 64)
+
+
+def _cell(**kw: object) -> dict[str, object]:
+    cell = {
+        "policy": "mlp",
+        "task": "pick_place",
+        "obs": "image",
+        "vision": "cnn",
+        "camera": "wide",
+        "budget": "demo",
+        "demos": 200,
+        "steps": 6000,
+        "batch_size": 256,
+        "train_s": 3000.0,
+        "samples_per_s": 500.0,
+        "successes": 116,
+        "episodes": 200,
+        "success_rate": 0.58,
+        "ci95": [0.51, 0.65],
+        "mean_score": 0.58,
+        "commit": "abc1234",
+    }
+    cell.update(kw)
+    return cell
+
+
+def test_the_table_keeps_one_row_per_view_and_names_it() -> None:
+    cells = [_cell(), _cell(camera="framed", successes=95), _cell(camera="wrist", successes=180)]
+    rows = [r for r in success.table({"cells": cells}).splitlines() if r.startswith("| pick")]
+    assert len(rows) == 3
+    assert sum("image (cnn, wide view)" in r for r in rows) == 1
+    assert sum("image (cnn, framed view)" in r for r in rows) == 1
+    assert sum("image (cnn, wide top + 64×64 wrist)" in r and "180/200" in r for r in rows) == 1
+    assert len({success._key(c) for c in cells}) == 3
+
+
+def test_cells_merge_into_the_file_as_it_is_now(tmp_path: Path) -> None:
+    """Two sweeps run side by side each add their cell to what the file holds when the cell
+    ends, not to what it held when the sweep started; a re-measured cell replaces its row."""
+    path = tmp_path / "success.json"
+    success.save({"cells": [_cell(camera="framed")]}, path)
+    success.merge(_cell(camera="wide"), path)  # sweep 1's cell
+    success.merge(_cell(camera="wrist", successes=170), path)  # sweep 2's, started earlier
+    success.merge(_cell(camera="wrist", successes=180), path)  # re-measured
+    cells = success.load(path)["cells"]
+    assert sorted((c["camera"], c["successes"]) for c in cells) == [
+        ("framed", 116),
+        ("wide", 116),
+        ("wrist", 180),
+    ]
