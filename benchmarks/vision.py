@@ -115,11 +115,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps and calls: a smoke run")
     ap.add_argument("--batch", type=int, default=128, help="training batch (frames)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (at most the CPUs this may use)"
+    )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
+    # More threads than CPUs in this process's affinity mask only makes OpenMP's workers spin
+    # against each other (a test runner that pins each worker to one core gives it one).
+    args.threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
     torch.set_num_threads(args.threads)
     steps, calls = (1, 3) if args.quick else (5, 50)
     batch = 8 if args.quick else args.batch

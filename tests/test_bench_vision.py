@@ -15,6 +15,9 @@ def test_quick_run_measures_every_backbone(tmp_path: Path) -> None:
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- sim:start -->\nuntouched\n<!-- sim:end -->\n")
     cmd = [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path), "--docs", str(docs)]
+    # one thread: a smoke run measures nothing, and under xdist an OpenMP pool in the child has
+    # been seen to starve its own main thread for half an hour (2026-12-07)
+    cmd += ["--threads", "1"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=240)
     rows = json.loads((tmp_path / "vision.json").read_text())["rows"]
     assert [(r["backbone"], r["norm"]) for r in rows] == [
