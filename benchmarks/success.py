@@ -131,6 +131,7 @@ def run_cell(
         overrides["vision.backbone"] = args.backbone
     if args.actions != "auto":
         overrides["relative_actions"] = args.actions == "relative"
+    overrides.update(policy_set(args.policy_set))
     for key, value in overrides.items():
         OmegaConf.update(cfg.policy, key, value, merge=False)
     t0 = time.perf_counter()
@@ -157,6 +158,20 @@ def run_cell(
     return cells
 
 
+def policy_set(items: list[str] | None) -> dict[str, Any]:
+    """`--policy-set KEY=VALUE` overrides of the policy config, the values parsed as YAML
+    (`n_obs_steps=1`, `hidden_dims=[512,512]`); a bad item names the fix."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--policy-set {item!r}: write KEY=VALUE, e.g. n_obs_steps=1")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _median(xs: list[float]) -> float | None:
     return float(sorted(xs)[len(xs) // 2]) if xs else None
 
@@ -173,6 +188,7 @@ def _cell(policy, task, obs, budget, args, cfg, report, run_dir) -> dict[str, An
         "actions": "relative" if cfg.policy.get("relative_actions") else "absolute",
         "mode": report.mode,
         "n_action_steps": report.n_action_steps,
+        "policy_set": policy_set(args.policy_set) or None,
         "device": _device(),
         "demos": args.demos,
         "steps": int(cfg.train.steps),
@@ -254,6 +270,7 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell.get("actions", "absolute"),
         cell.get("mode", "sync"),
         cell.get("n_action_steps"),
+        json.dumps(cell.get("policy_set"), sort_keys=True),
     )
 
 
@@ -266,6 +283,12 @@ def _mode(cell: dict[str, Any]) -> str:
     """The execution mode, with the actions executed per chunk where they are not the policy's."""
     n = cell.get("n_action_steps")
     return cell.get("mode", "sync") + (f", {n} per chunk" if n else "")
+
+
+def _nets(cell: dict[str, Any]) -> str:
+    """The network sizes, with any `--policy-set` overrides of the cell."""
+    extra = cell.get("policy_set") or {}
+    return ", ".join([cell.get("nets", "cpu"), *(f"{k}={v}" for k, v in sorted(extra.items()))])
 
 
 def _obs(cell: dict[str, Any]) -> str:
@@ -327,7 +350,7 @@ def table(results: dict[str, Any]) -> str:
     for c in rows:
         lo, hi = c["ci95"]
         lines.append(
-            f"| {c['task']} | {_obs(c)} | {c['policy']} | {c.get('nets', 'cpu')} | "
+            f"| {c['task']} | {_obs(c)} | {c['policy']} | {_nets(c)} | "
             f"{c.get('actions', 'absolute')} | {_mode(c)} | {c['budget']} | {c['demos']} | {c['steps']} × {c['batch_size']} | "
             f"{c.get('device', 'CPU (2 cores)')} | {c['train_s'] / 60:.1f} | "
             f"{c['samples_per_s'] or 0:,.0f} | **{c['successes']}/{c['episodes']} = "
@@ -373,6 +396,12 @@ def main() -> int:
     )
     ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
     ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
+    ap.add_argument(
+        "--policy-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a policy config field for every cell (repeatable; e.g. n_obs_steps=1)",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
     ap.add_argument("--table-only", action="store_true", help="rebuild the docs table")
     args = ap.parse_args()

@@ -78,3 +78,18 @@ def test_cells_merge_into_the_file_as_it_is_now(tmp_path: Path) -> None:
         ("wide", 116),
         ("wrist", 180),
     ]
+
+
+def test_policy_set_parses_yaml_values_and_keeps_its_own_row() -> None:
+    assert success.policy_set(["n_obs_steps=1", "hidden_dims=[512, 512]", "vision.crop=0.8"]) == {
+        "n_obs_steps": 1,
+        "hidden_dims": [512, 512],
+        "vision.crop": 0.8,
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        success.policy_set(["n_obs_steps"])
+    cells = [_cell(), _cell(policy_set={"n_obs_steps": 1}, successes=150)]
+    rows = [r for r in success.table({"cells": cells}).splitlines() if r.startswith("| pick")]
+    assert len(rows) == 2
+    assert sum("n_obs_steps=1" in r for r in rows) == 1
+    assert len({success._key(c) for c in cells}) == 2
