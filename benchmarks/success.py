@@ -4,6 +4,7 @@ budget, each evaluated over lock-step rollouts on unseen seeds with a 95% Wilson
     .venv/bin/python benchmarks/success.py                                 # the demo cell
     .venv/bin/python benchmarks/success.py --policies flow,mlp --tasks pick_place,push_t
     .venv/bin/python benchmarks/success.py --budget long --obs state,image
+    .venv/bin/python benchmarks/success.py --reuse RUN_DIR --mode blend,ensemble  # no training
 
 Every cell runs the real commands' code: `robolearn record` (scripted expert, lock-step), the
 trainer of `robolearn train` with configs/train/<budget>.yaml, and `robolearn eval`'s
@@ -156,6 +157,72 @@ def run_cell(
         cells.append(_cell(policy, task, obs, budget, args, cfg, report, run_dir))
         cells[-1].update(record_s=record_s, train_s=train_s, samples_per_s=_median(rates))
     return cells
+
+
+def reeval(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Evaluate a run measured before (a cell in --results names it) in each of --mode's modes
+    without training again: one cell per mode, with the run's own training figures, so that a
+    difference between modes is the execution's alone (the same weights)."""
+    from omegaconf import OmegaConf
+
+    from robolearn.evaluate import evaluate
+    from robolearn.train import find_checkpoint
+
+    run_dir = run_dir.resolve()
+    prior = [c for c in load(args.results)["cells"] if Path(c["run_dir"]).resolve() == run_dir]
+    if not prior:
+        raise SystemExit(
+            f"--reuse {run_dir}: no cell in {args.results} was trained in this run; "
+            "give the run_dir of a cell in the table (benchmarks/results/success.json)"
+        )
+    env = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").env)
+    cells = []
+    for mode in args.mode.split(","):
+        report = evaluate(
+            find_checkpoint(run_dir, "last"),
+            env,  # type: ignore[arg-type]
+            episodes=args.episodes,
+            videos=1,
+            out_dir=run_dir
+            / "eval"
+            / (mode + (f"_{args.n_action_steps}" if args.n_action_steps else "")),
+            mode=mode,
+            n_action_steps=args.n_action_steps,
+        )
+        cell = {k: v for k, v in prior[0].items() if k not in _EVAL_FIELDS}
+        cell.update(
+            mode=report.mode,
+            n_action_steps=report.n_action_steps,
+            episodes=report.episodes,
+            successes=report.successes,
+            success_rate=report.success_rate,
+            ci95=list(report.ci95),
+            mean_score=report.mean_score,
+            score_ci95=list(report.score_ci95) if report.score_ci95 else None,
+            mean_steps=report.mean_steps,
+            eval_s=report.wall_s,
+            measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            evaluated_at=_commit(),  # the cell's `commit` stays the one it was trained at
+        )
+        cells.append(cell)
+    return cells
+
+
+# What an evaluation measures (replaced when --reuse evaluates a run again).
+_EVAL_FIELDS = (
+    "mode",
+    "n_action_steps",
+    "episodes",
+    "successes",
+    "success_rate",
+    "ci95",
+    "mean_score",
+    "score_ci95",
+    "mean_steps",
+    "eval_s",
+    "measured",
+    "evaluated_at",
+)
 
 
 def policy_set(items: list[str] | None) -> dict[str, Any]:
@@ -340,8 +407,10 @@ def table(results: dict[str, Any]) -> str:
         "(`policy.relative_actions`, `--actions`). mode: how the evaluation executed the chunks "
         "(robolearn.runner; the cells before 2026-12-06 ran `sync`, since then `robolearn "
         "eval`'s default `auto`, the policy's own; `--mode`), and, where named, how many "
-        "actions of each chunk (`--n-action-steps`; otherwise the policy's own). Trained on: the device of the training run "
-        "(evaluation always on CPU worker processes).",
+        "actions of each chunk (`--n-action-steps`; otherwise the policy's own); rows "
+        "of one run in several modes evaluate the same weights (`--reuse RUN_DIR` evaluates "
+        "a measured run again). Trained on: the device of the training run "
+        "(evaluation always on CPU worker processes). commit: the commit the run trained at.",
         "",
         "| task | obs | policy | nets | actions | mode | budget | demos | steps × batch "
         "| trained on | train min | samples/s | success | 95% CI | mean score | commit |",
@@ -404,9 +473,19 @@ def main() -> int:
     )
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of all cells")
     ap.add_argument("--table-only", action="store_true", help="rebuild the docs table")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="RUN_DIR",
+        help="evaluate this measured run again in --mode's modes instead of training",
+    )
     args = ap.parse_args()
     results = load(args.results)
-    if not args.table_only:
+    if args.reuse:
+        for cell in reeval(args.reuse, args):
+            results = merge(cell, args.results)
+            print(json.dumps(cell), flush=True)
+    elif not args.table_only:
         for budget in args.budget.split(","):
             for task in args.tasks.split(","):
                 for obs in args.obs.split(","):

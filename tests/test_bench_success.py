@@ -93,3 +93,13 @@ def test_policy_set_parses_yaml_values_and_keeps_its_own_row() -> None:
     assert len(rows) == 2
     assert sum("n_obs_steps=1" in r for r in rows) == 1
     assert len({success._key(c) for c in cells}) == 2
+
+
+def test_reuse_names_the_fix_for_a_run_no_cell_measured(tmp_path: Path) -> None:
+    """--reuse only evaluates runs the table knows (it copies their training figures); any
+    other directory is refused with the fix, before any rollout."""
+    results = tmp_path / "success.json"
+    success.save({"cells": [_cell(run_dir=str(tmp_path / "runs" / "measured"))]}, results)
+    args = success.argparse.Namespace(results=results, mode="auto", episodes=1, n_action_steps=None)
+    with pytest.raises(SystemExit, match=r"no cell in .* was trained in this run"):
+        success.reeval(tmp_path / "runs" / "other", args)
