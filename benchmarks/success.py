@@ -121,7 +121,10 @@ def run_cell(
         [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"]
         + ([f"train.steps={args.steps}"] if args.steps else [])
         + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
-        + (["train.threads=null"] if obs == "image" else []),  # the demo budget runs 1 thread
+        # the demo budget runs 1 thread, the long budget torch's default (every core);
+        # image cells every core
+        + (["train.threads=null"] if obs == "image" else [])
+        + ([f"train.threads={args.threads}"] if args.threads else []),
     )
     overrides = policy_overrides(policy)
     if args.nets == "full":
@@ -462,6 +465,12 @@ def main() -> int:
     )
     ap.add_argument(
         "--n-action-steps", type=int, help="actions executed per chunk (default: the policy's)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads of the training (default: the budget's); 1 for cells run "
+        "side by side, one per core",
     )
     ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
     ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
