@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -171,14 +172,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args.path, progress=lambda d, t: progress.update(task, completed=d, total=t)
         )
     for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(str(note))}")
     if report.ok:
         console.print(
             f"[green]OK[/]: {report.path}: {report.episodes} episodes, {report.frames} frames, every chunk readable"
         )
         return 0
     for problem in report.problems:
-        console.print(f"[red]damage[/]: {problem}")
+        console.print(f"[red]damage[/]: {escape(str(problem))}")
     console.print(f"{len(report.problems)} problem(s) found in {report.path}")
     return 1
 
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (RobolearnError, IndexError, KeyError, ValueError, OSError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        err_console.print(f"[red]error[/]: {message}")
+        err_console.print(f"[red]error[/]: {escape(str(message))}")
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -180,11 +180,18 @@ def run_episode(
     video: Any | None = None,
     video_path: Path | None = None,
 ) -> EpisodeOutcome:
-    """One lock-step rollout from `seed`: stops at the first success or after `max_steps`."""
+    """One lock-step rollout from `seed`: stops at the first success or after `max_steps`.
+
+    `seed` sets the scene and the policy's sampling noise (diffusion's and flow's initial
+    noise, ACT's latent when sampled): an episode's outcome depends on the checkpoint, the seed
+    and the mode only, not on which worker ran it or what ran in that process before."""
+    import torch
+
     task = robot.task
     t0 = time.perf_counter()
     obs = robot.reset(seed)
     executor.reset()
+    torch.manual_seed(seed)
     executor.inference_s = []
     limit = int(max_steps or task.max_steps)
     period = 1.0 / task.config.control_hz

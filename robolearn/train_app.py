@@ -9,6 +9,7 @@ robolearn eval checkpoint=runs/2026-11-25_10-00-00_diffusion_pick_place episodes
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,7 @@ keys:
   video_size=[480,360]   (width, height of the videos)
   device=cpu|cuda  action_key=action.joint  max_steps=N
   mode=auto|sync|receding|blend|ensemble   (how chunks are executed, as robolearn deploy does; auto: the policy's own)
+  mode=[blend,ensemble]   (the same checkpoint and seeds in each mode, one report each, and a comparison)
   n_action_steps=N   (actions executed per chunk; default: the policy's, as deploy's runner.n_action_steps)
 """
 
@@ -283,7 +285,7 @@ class EvalSettings:
     device: str = "cpu"
     action_key: str | None = None
     max_steps: int | None = None
-    mode: str = "auto"
+    mode: Any = "auto"  # a mode, or a list of them: mode=[blend,ensemble] compares them
     n_action_steps: int | None = None
     video_size: list[int] = dataclasses.field(default_factory=lambda: [480, 360])
 
@@ -326,9 +328,7 @@ def eval_env(cfg: DictConfig, checkpoint: Path) -> tuple[dict[str, Any], Path | 
 
 def run_eval(cfg: DictConfig) -> int:
     from omegaconf.errors import OmegaConfBaseException
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from robolearn.evaluate import evaluate
     from robolearn.train import find_checkpoint
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items()}  # type: ignore[union-attr]
@@ -342,6 +342,7 @@ def run_eval(cfg: DictConfig) -> int:
         raise ConfigError(f"eval: {_first_line(exc)}") from None
     if s.checkpoint == "???":
         raise ConfigError("name what to evaluate: robolearn eval checkpoint=RUN_DIR")
+    modes = eval_modes(s.mode)
     checkpoint = find_checkpoint(s.checkpoint)
     env, run_dir = eval_env(cfg, checkpoint)
     task_name = env["task"].get("name", "task")
@@ -355,10 +356,43 @@ def run_eval(cfg: DictConfig) -> int:
     console.print(
         f"[bold]evaluating[/] {checkpoint} on [bold]{task_name}[/] ({env.get('arm', '?')}): "
         f"{s.episodes} episodes from seed {s.seed}, lock-step"
+        + (f", in each of {len(modes)} modes" if len(modes) > 1 else "")
     )
+    reports = []
+    for mode in modes:
+        where = out / mode if len(modes) > 1 else out
+        reports.append(_eval_one(checkpoint, env, s, mode, where))
+    if len(modes) > 1:
+        _compare_modes(modes, reports, out)
+    return 0
+
+
+def eval_modes(mode: Any) -> list[str]:
+    """`eval`'s mode setting as a list: one mode, or several (`mode=[blend,ensemble]`)."""
+    from robolearn.runner import MODES
+
+    modes = [mode] if isinstance(mode, str) else [str(m) for m in (mode or [])]
+    if not modes:
+        raise ConfigError("mode=[]: name a mode, or several: mode=[blend,ensemble]")
+    for m in modes:
+        if m not in MODES:
+            raise ConfigError(
+                f"mode={m!r}: choose from {', '.join(MODES)}, or a list of them "
+                "(mode=[blend,ensemble])"
+            )
+    if len(set(modes)) < len(modes):
+        raise ConfigError(f"mode={modes}: each mode once")
+    return modes
+
+
+def _eval_one(checkpoint: Path, env: dict[str, Any], s: EvalSettings, mode: str, out: Path) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from robolearn.evaluate import evaluate
+
     wins = [0, 0]
     with Progress(
-        TextColumn("[bold]eval"),
+        TextColumn(f"[bold]eval {mode}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[wins]}"),
@@ -384,11 +418,12 @@ def run_eval(cfg: DictConfig) -> int:
             action_key=s.action_key,
             max_steps=s.max_steps,
             progress=step,
-            mode=s.mode,
+            mode=mode,
             n_action_steps=s.n_action_steps,
             video_size=s.video_size,
         )
-    out_console.print(f"[bold]{report.summary()}[/]", highlight=False)
+    label = f"mode={mode}" + (f" ({report.mode})" if report.mode != mode else "")
+    out_console.print(f"[bold]{report.summary()}[/] · {label}", highlight=False)
     out_console.print(
         f"  inference p50 {report.inference_ms_p50:.1f} ms, p99 {report.inference_ms_p99:.1f} ms "
         f"per chunk · {report.wall_s:.0f} s on {report.workers} worker(s)",
@@ -397,4 +432,45 @@ def run_eval(cfg: DictConfig) -> int:
     out_console.print(f"  report: {out / 'report.json'}", highlight=False)
     for video in report.videos:
         out_console.print(f"  video: {video}", highlight=False)
-    return 0
+    return report
+
+
+def _compare_modes(modes: list[str], reports: list[Any], out: Path) -> None:
+    """The modes side by side (the same weights and seeds): a table, and out/modes.json."""
+    from rich.table import Table
+
+    table = Table(title="the same checkpoint and seeds in each mode")
+    for col in ("mode", "success", "95% CI", "mean score (95%)", "mean length"):
+        table.add_column(col)
+    rows = []
+    for mode, r in zip(modes, reports, strict=True):
+        lo, hi = r.ci95
+        score = f"{r.mean_score:.2f}" + (
+            f" ({r.score_ci95[0]:.2f}–{r.score_ci95[1]:.2f})" if r.score_ci95 else ""
+        )
+        name = mode if r.mode == mode else f"{mode} ({r.mode})"
+        table.add_row(
+            name,
+            f"{r.successes}/{r.episodes} = {r.success_rate:.0%}",
+            f"{lo:.0%}–{hi:.0%}",
+            score,
+            f"{r.mean_steps:.0f}",
+        )
+        rows.append(
+            {
+                "mode": mode,
+                "executed_as": r.mode,
+                "successes": r.successes,
+                "episodes": r.episodes,
+                "success_rate": r.success_rate,
+                "ci95": list(r.ci95),
+                "mean_score": r.mean_score,
+                "score_ci95": list(r.score_ci95) if r.score_ci95 else None,
+                "mean_steps": r.mean_steps,
+                "report": str(out / mode / "report.json"),
+            }
+        )
+    out_console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "modes.json").write_text(json.dumps(rows, indent=2) + "\n")
+    out_console.print(f"  comparison: {out / 'modes.json'}", highlight=False)

@@ -45,6 +45,15 @@ def test_bad_paths_give_a_clear_error_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_errors_print_their_brackets(tmp_path: Path) -> None:
+    """Error messages name overrides like mode=[blend,ensemble]; the terminal's markup must
+    not eat the brackets (it took `[value1,value2]` out of hydra's hint once)."""
+    out = run("eval", f"checkpoint={tmp_path}", "mode=blend,ensemble", ok=False)
+    assert out.returncode == 2 and "key=[value1,value2]" in out.stderr, out.stderr
+    out = run("eval", f"checkpoint={tmp_path}", "mode=[blend,fast]", ok=False)
+    assert out.returncode == 2 and "mode=[blend,ensemble]" in out.stderr, out.stderr
+
+
 def test_filter_merge_verify_plot_and_video_from_the_command_line(
     sample_store, tmp_path: Path
 ) -> None:

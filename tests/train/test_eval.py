@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from robolearn.cli import main
 from robolearn.config import ConfigError, compose
@@ -123,6 +124,59 @@ def test_eval_of_the_same_seeds_is_reproducible_in_one_process(trained_run: Path
         reports.append(json.loads((out / "report.json").read_text())["per_episode"])
     strip = [[{k: e[k] for k in ("seed", "success", "steps", "score")} for e in r] for r in reports]
     assert strip[0] == strip[1]
+
+
+def test_eval_compares_modes_on_the_same_seeds(trained_run: Path) -> None:
+    """mode=[…] evaluates the same weights and seeds once per mode, each into its own folder,
+    and writes the comparison; a mode it does not know is refused before any rollout."""
+    out = trained_run / "modes"
+    args = [f"checkpoint={trained_run}", "episodes=2", "workers=1", "videos=0", f"out={out}"]
+    assert run_eval(compose("eval", [*args, "mode=[sync,ensemble,auto]"])) == 0
+    rows = json.loads((out / "modes.json").read_text())
+    assert [r["mode"] for r in rows] == ["sync", "ensemble", "auto"]
+    assert [r["executed_as"] for r in rows] == ["sync", "ensemble", "blend"]
+    for row in rows:
+        report = json.loads(Path(row["report"]).read_text())
+        assert Path(row["report"]).parent == out / row["mode"]
+        assert report["mode"] == row["executed_as"] and report["seeds"] == [100000, 100001]
+        assert report["successes"] == row["successes"] and row["episodes"] == 2
+    with pytest.raises(ConfigError, match=r"mode='fast'.*mode=\[blend,ensemble\]"):
+        run_eval(compose("eval", [*args, "mode=[blend,fast]"]))
+    with pytest.raises(ConfigError, match="each mode once"):
+        run_eval(compose("eval", [*args, "mode=[blend,blend]"]))
+
+
+def test_an_episode_depends_on_its_seed_not_on_the_sampling_before_it(trained_run: Path) -> None:
+    """A flow policy samples noise for every chunk. An episode's actions must be the same
+    whichever worker runs it and whatever that process sampled before (eval splits seeds
+    over a varying number of workers), so the seed sets the noise as well as the scene."""
+    from omegaconf import OmegaConf
+
+    from robolearn.evaluate import make_sim_robot, run_episode
+    from robolearn.policies.denoisers import DenoiserConfig
+    from robolearn.policies.flow import FlowConfig
+
+    with EpisodeStore.open(trained_run.parent / "reach.zarr") as store:
+        config = FlowConfig(
+            denoiser=DenoiserConfig(down_dims=[16, 32], time_embed_dim=16),
+            obs_keys=["state"],
+            action_keys=["action.joint"],
+            horizon=8,
+            n_action_steps=4,
+        )
+        policy = make_policy(config, store.spec, get_stats(store))
+    env = OmegaConf.to_container(OmegaConf.load(trained_run / "config.yaml").env)
+    ends = []
+    with make_sim_robot(env, policy.image_keys) as robot:  # type: ignore[arg-type]
+        for earlier in (0, 3, 0):
+            torch.randn(earlier)  # what this process sampled before the episode
+            run_episode(robot, ChunkExecutor(policy, mode="sync"), 100000, max_steps=6)
+            ends.append(np.asarray(robot.observe()["state"]))
+        run_episode(robot, ChunkExecutor(policy, mode="sync"), 100001, max_steps=6)
+        other_seed = np.asarray(robot.observe()["state"])
+    np.testing.assert_array_equal(ends[0], ends[1])
+    np.testing.assert_array_equal(ends[0], ends[2])
+    assert not np.array_equal(ends[0], other_seed)
 
 
 def test_eval_needs_a_simulated_scene_and_a_checkpoint(trained_run: Path, tmp_path: Path) -> None:
