@@ -103,3 +103,54 @@ def test_reuse_names_the_fix_for_a_run_no_cell_measured(tmp_path: Path) -> None:
     args = success.argparse.Namespace(results=results, mode="auto", episodes=1, n_action_steps=None)
     with pytest.raises(SystemExit, match=r"no cell in .* was trained in this run"):
         success.reeval(tmp_path / "runs" / "other", args)
+
+
+def test_the_summary_holds_the_best_cell_of_each_policy_task_and_budget() -> None:
+    """One row per policy and budget, one column per task and observation: the best cell
+    (push_t by its mean coverage, not its success rate), and — where nothing was measured."""
+    cells = [
+        _cell(),
+        _cell(obs="state", successes=40, episodes=50, success_rate=0.80, ci95=[0.67, 0.89]),
+        _cell(
+            obs="state",
+            mode="ensemble",
+            actions="relative",
+            demos=500,
+            success_rate=0.96,
+            successes=48,
+            episodes=50,
+            ci95=[0.87, 0.99],
+        ),
+        _cell(
+            task="push_t",
+            obs="state",
+            policy="flow",
+            success_rate=0.45,
+            mean_score=0.85,
+            score_ci95=[0.83, 0.86],
+            n_action_steps=4,
+            mode="blend",
+        ),
+        _cell(
+            task="push_t",
+            obs="state",
+            policy="flow",
+            success_rate=0.50,
+            mean_score=0.80,
+            score_ci95=[0.77, 0.82],
+            mode="sync",
+        ),
+    ]
+    rows = {
+        tuple(r.split(" | ")[:2]): r.split(" | ")
+        for r in success.summary({"cells": cells}).splitlines()
+        if r.startswith("| mlp") or r.startswith("| flow")
+    }
+    columns = ["policy", "budget"] + [f"{t} ({o})" for t, o in success.SUMMARY_COLUMNS]
+    mlp = dict(zip(columns, rows[("| mlp", "demo")], strict=False))
+    assert mlp["pick_place (state)"] == "**96%** (rel, ens, 500)"
+    assert mlp["pick_place (image)"] == "**58%** (abs, sync, 200, wide)"
+    assert mlp["push_t (state)"] == "—"
+    flow = dict(zip(columns, rows[("| flow", "demo")], strict=False))
+    assert flow["push_t (state)"] == "**0.85** (abs, blend 4, 200)"
+    assert set(rows[("| flow", "long")][2:]) <= {"—", "— |"}
