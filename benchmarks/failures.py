@@ -1,9 +1,10 @@
-"""Why a pick_place policy fails: lock-step rollouts of a checkpoint, each failure put in a class.
+"""Why a policy fails at pick_place or push_cube: lock-step rollouts of a checkpoint, each failure
+put in a class.
 
     .venv/bin/python benchmarks/failures.py RUN_DIR [--episodes 200] [--mode sync]
         [--n-action-steps N] [--workers 2] [--out failures.json]
 
-Classes (from the cube's and the hand's positions when the episode timed out):
+pick_place classes (from the cube's and the hand's positions when the episode timed out):
 
 - `held in the air`: the cube is still in the hand above the table (the policy stopped short
   of putting it down);
@@ -11,9 +12,20 @@ Classes (from the cube's and the hand's positions when the episode timed out):
 - `never lifted`: it never rose more than one cube height (a missed grasp);
 - `on target, not resting`: over the disc but not down on it.
 
+push_cube classes:
+
+- `tipped or lifted`: the cube no longer rests upright on the table;
+- `never moved`: the cube never left its start by more than 5 mm (the fingers never pushed it);
+- `passed through`: its centre was inside the disc at some tick but ended outside (overshot,
+  or pushed on past the target);
+- `short of the target`: it ended nearer the target than it started, but not inside;
+- `pushed away`: it ended at least as far from the target as it started.
+
 Each row also has the closest the cube came to the target's centre (`closest_m`), so a policy
-that hovers near the target tells apart from one that never got there. Runs the same executor
-as `robolearn eval` (`robolearn.evaluate.ChunkExecutor`) on the run's own robot config.
+that hovers near the target tells apart from one that never got there, and, for push_cube, how
+many ticks before the end the cube last moved (`idle_ticks`: a policy that stalls behind the
+cube has many). Runs the same executor as `robolearn eval` (`robolearn.evaluate.ChunkExecutor`)
+on the run's own robot config.
 """
 
 from __future__ import annotations
@@ -44,6 +56,23 @@ def classify(row: dict[str, Any], half: float) -> str:
     return "on target, not resting"
 
 
+MOVED = 0.005  # metres the cube must leave its start by for push_cube's `never moved`
+
+
+def classify_push(row: dict[str, Any], half: float) -> str:
+    if row["success"]:
+        return "success"
+    if abs(row["cube_z"] - half) >= 0.2 * half:
+        return "tipped or lifted"
+    if row["moved_at"] is None:
+        return "never moved"
+    if row["inside_at"] is not None:
+        return "passed through"
+    if row["final_m"] < row["start_m"]:
+        return "short of the target"
+    return "pushed away"
+
+
 def rollouts(args: tuple[str, str, list[int], str, int | None]) -> list[dict[str, Any]]:
     checkpoint, run_dir, seeds, mode, n_action_steps = args
     import torch
@@ -64,14 +93,21 @@ def rollouts(args: tuple[str, str, list[int], str, int | None]) -> list[dict[str
     rows = []
     with make_sim_robot(env, policy.image_keys) as robot:  # type: ignore[arg-type]
         task = robot.task
-        if task.name != "pick_place":
-            raise SystemExit(f"this analysis is for pick_place; the run's task is {task.name}")
+        if task.name not in ("pick_place", "push_cube"):
+            raise SystemExit(
+                f"this analysis is for pick_place and push_cube; the run's task is {task.name}"
+            )
         client = task.world.client
         for seed in seeds:
             obs = robot.reset(seed)
             ex.reset()
             target = pose(client, task.target)[0][:2]
-            steps, success, lifted_at, closest = 0, False, None, float("inf")
+            start = pose(client, task.cube)[0]
+            last = start
+            closest = float(np.linalg.norm(start[:2] - target))
+            steps, success, lifted_at = 0, False, None
+            moved_at = inside_at = None
+            last_moved = 0
             while not success and steps < task.max_steps:
                 robot.act(ex(obs))
                 robot.clock.sleep_until(robot.clock.now() + 1 / task.config.control_hz)
@@ -81,7 +117,15 @@ def rollouts(args: tuple[str, str, list[int], str, int | None]) -> list[dict[str
                 cube = pose(client, task.cube)[0]
                 if lifted_at is None and cube[2] > 3 * task.half:
                     lifted_at = steps
-                closest = min(closest, float(np.linalg.norm(cube[:2] - target)))
+                to_target = float(np.linalg.norm(cube[:2] - target))
+                closest = min(closest, to_target)
+                if moved_at is None and np.linalg.norm(cube[:2] - start[:2]) > MOVED:
+                    moved_at = steps
+                if inside_at is None and to_target < task.radius:
+                    inside_at = steps
+                if np.linalg.norm(cube - last) > 0.0005:  # half a millimetre in one tick
+                    last_moved = steps
+                last = cube
             cube = pose(client, task.cube)[0]
             row = {
                 "seed": seed,
@@ -89,12 +133,18 @@ def rollouts(args: tuple[str, str, list[int], str, int | None]) -> list[dict[str
                 "steps": steps,
                 "lifted_at": lifted_at,
                 "cube_z": float(cube[2]),
+                "start_m": float(np.linalg.norm(start[:2] - target)),
                 "final_m": float(np.linalg.norm(cube[:2] - target)),
                 "closest_m": closest,
                 "hand_to_cube_m": float(np.linalg.norm(obs["ee_pose"][:3] - cube)),
                 "radius": task.radius,
+                "half": task.half,
+                "moved_at": moved_at,
+                "inside_at": inside_at,
+                "idle_ticks": steps - last_moved,
             }
-            row["class"] = classify(row, task.half)
+            push = task.name == "push_cube"
+            row["class"] = (classify_push if push else classify)(row, task.half)
             rows.append(row)
     return rows
 
@@ -122,8 +172,10 @@ def main() -> int:
     print(f"{checkpoint} · mode {args.mode} · {len(rows)} episodes from seed {args.seed}")
     for name, n in counts.most_common():
         near = [r["closest_m"] for r in rows if r["class"] == name]
+        idle = [r["idle_ticks"] for r in rows if r["class"] == name]
         print(
             f"  {name:24s} {n:4d}  closest to the target's centre: median {np.median(near):.3f} m"
+            f" · the cube still for the last {np.median(idle):.0f} ticks (median)"
         )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
