@@ -121,6 +121,7 @@ def run_cell(
         [f"dataset={dataset}", f"policy={policy}", f"train={budget}", f"run_dir={run_dir}"]
         + ([f"train.steps={args.steps}"] if args.steps else [])
         + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
+        + ([f"train.seed={args.seed}"] if args.seed else [])
         # the demo budget runs 1 thread, the long budget torch's default (every core);
         # image cells every core
         + (["train.threads=null"] if obs == "image" else [])
@@ -259,6 +260,7 @@ def _cell(policy, task, obs, budget, args, cfg, report, run_dir) -> dict[str, An
         "mode": report.mode,
         "n_action_steps": report.n_action_steps,
         "policy_set": policy_set(args.policy_set) or None,
+        "seed": int(cfg.train.seed),
         "device": _device(),
         "demos": args.demos,
         "steps": int(cfg.train.steps),
@@ -341,6 +343,7 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
         cell.get("mode", "sync"),
         cell.get("n_action_steps"),
         json.dumps(cell.get("policy_set"), sort_keys=True),
+        cell.get("seed", 0),
     )
 
 
@@ -356,9 +359,13 @@ def _mode(cell: dict[str, Any]) -> str:
 
 
 def _nets(cell: dict[str, Any]) -> str:
-    """The network sizes, with any `--policy-set` overrides of the cell."""
+    """The network sizes, with any `--policy-set` overrides of the cell and its training seed
+    where it is not the default (0)."""
     extra = cell.get("policy_set") or {}
-    return ", ".join([cell.get("nets", "cpu"), *(f"{k}={v}" for k, v in sorted(extra.items()))])
+    seed = [f"seed {cell['seed']}"] if cell.get("seed") else []
+    return ", ".join(
+        [cell.get("nets", "cpu"), *(f"{k}={v}" for k, v in sorted(extra.items())), *seed]
+    )
 
 
 def _obs(cell: dict[str, Any]) -> str:
@@ -547,6 +554,13 @@ def main() -> int:
     )
     ap.add_argument("--steps", type=int, help="training steps instead of the budget's")
     ap.add_argument("--batch-size", type=int, help="batch size instead of the budget's")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (train.seed); each seed is its own row, so repeats of a cell "
+        "measure how much its success depends on the training run",
+    )
     ap.add_argument(
         "--policy-set",
         action="append",

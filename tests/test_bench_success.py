@@ -95,6 +95,21 @@ def test_policy_set_parses_yaml_values_and_keeps_its_own_row() -> None:
     assert len({success._key(c) for c in cells}) == 2
 
 
+def test_each_training_seed_keeps_its_own_row_and_names_it(tmp_path: Path) -> None:
+    """A repeat with another seed adds a row (it measures the training run's spread) instead of
+    replacing the seed-0 row; cells from before the seed was recorded count as seed 0."""
+    path = tmp_path / "success.json"
+    old = _cell()  # no "seed" field: measured before it was recorded
+    success.save({"cells": [old]}, path)
+    success.merge(_cell(seed=1, successes=150), path)
+    success.merge(_cell(seed=0, successes=120), path)  # re-measures the old row
+    cells = success.load(path)["cells"]
+    assert sorted((c.get("seed", 0), c["successes"]) for c in cells) == [(0, 120), (1, 150)]
+    rows = [r for r in success.table({"cells": cells}).splitlines() if r.startswith("| pick")]
+    assert sum("seed 1" in r and "150/200" in r for r in rows) == 1
+    assert sum("seed" in r for r in rows) == 1  # seed 0 is not named
+
+
 def test_reuse_names_the_fix_for_a_run_no_cell_measured(tmp_path: Path) -> None:
     """--reuse only evaluates runs the table knows (it copies their training figures); any
     other directory is refused with the fix, before any rollout."""
