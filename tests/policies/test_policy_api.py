@@ -260,6 +260,26 @@ def test_the_small_cnn_backbone_learns_and_round_trips(name, camera_store, tmp_p
     torch.testing.assert_close(policy.predict_chunk(obs), loaded.predict_chunk(obs), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pool", [2, 3])
+def test_act_pools_image_features_into_fewer_tokens(pool, camera_store, tmp_path):
+    """image_pool: the cnn's 4×4 map of a 32×32 frame becomes 2×2 tokens (a partial window at
+    the edge is a token of its own), the policy still learns, and a saved one loads the same."""
+    import dataclasses
+
+    vision = dataclasses.replace(small_config("act").vision, backbone="cnn", norm="batch")
+    policy = build("act", camera_store, vision=vision, image_pool=pool)
+    assert policy.image_tokens == 4
+    first, last = _overfit(policy, camera_store, 60, 8)
+    assert last < 0.5 * first, f"pool {pool}: loss {first:.3f} → {last:.3f}"
+    policy.save(tmp_path / "p")
+    loaded = Policy.load(tmp_path / "p")
+    assert loaded.config.image_pool == pool
+    obs = start_observation(policy.n_obs_steps, 2, CAMERA)
+    torch.testing.assert_close(policy.predict_chunk(obs), loaded.predict_chunk(obs), rtol=0, atol=0)
+    with pytest.raises(SpecError, match="image_pool 0"):
+        build("act", camera_store, vision=vision, image_pool=0)
+
+
 def test_the_small_cnn_backbone_shapes_folding_and_errors():
     from robolearn.policies.vision import (
         VisionConfig,

@@ -64,11 +64,18 @@ class ACTConfig(PolicyConfig):
     # the decoder ties to z = 0) or "prior" (z ~ N(0, I): samples among the demonstrated styles
     # when the latent carries them, which needs a kl_weight low enough that it is not ignored)
     latent: str = "zero"
+    # Average-pool each camera's feature map by this factor before it becomes tokens. The
+    # encoder's cost grows with the token count: the small `cnn` backbone (stride 8) gives a
+    # 96×96 frame 12×12 = 144 tokens, and ACT trains ~4× slower on a CPU than with 6×6 (2) or
+    # ResNet-18's 3×3 (4: stride 32, as ACT's own backbone).
+    image_pool: int = 1
 
     def validate(self) -> None:
         super().validate()
         if self.n_obs_steps != 1:
             raise SpecError("ACT reads one observation (n_obs_steps: 1)")
+        if self.image_pool < 1:
+            raise SpecError(f"ACT image_pool {self.image_pool} must be 1 (none) or more")
         if self.latent not in ("zero", "prior"):
             raise SpecError(f"ACT latent {self.latent!r} is not 'zero' or 'prior'")
         if self.dim_model % self.n_heads:
@@ -135,11 +142,15 @@ class ACTPolicy(Policy):
             # One backbone for every camera (as ACT); crops and positions are per camera.
             self.backbone, channels, stride = make_backbone(config.vision)
             self.image_proj = use_matmul_convs(nn.Conv2d(channels, d, 1))
+            pool = config.image_pool
+            # ceil_mode: a partial window at the edge is a token of its own (its mean)
+            self.token_pool = nn.AvgPool2d(pool, ceil_mode=True) if pool > 1 else nn.Identity()
             self.augment = nn.ModuleList()
             for i, key in enumerate(self.image_keys):
                 out_hw = crop_size(self.spec[key].shape, config.vision.crop)
                 self.augment.append(ImageAugment(out_hw, config.vision.color_jitter))
                 fh, fw = math.ceil(out_hw[0] / stride), math.ceil(out_hw[1] / stride)
+                fh, fw = math.ceil(fh / config.image_pool), math.ceil(fw / config.image_pool)
                 self.register_buffer(
                     f"image_pos_{i}", sinusoid_2d(fh, fw, d)[None], persistent=False
                 )
@@ -179,7 +190,7 @@ class ACTPolicy(Policy):
                 x = obs[key][:, -1].permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
                 x = self.normalizer.image(key, self.augment[i](x))
                 backbone = self._infer_backbone(self.backbone)  # BatchNorm folded at inference
-                feats = self.image_proj(backbone(x))  # (B, d, h, w)
+                feats = self.image_proj(self.token_pool(backbone(x)))  # (B, d, h, w)
                 pos = getattr(self, f"image_pos_{i}")
                 images.append(feats.flatten(2).transpose(1, 2) + pos)
             out = torch.cat([out, *images], 1)
