@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from robolearn.bench import update_docs_section  # noqa: E402
+from robolearn.bench import seconds_per_train_step, update_docs_section  # noqa: E402
 from robolearn.policies.vision import BACKBONES, ImageEncoder, VisionConfig  # noqa: E402
 
 FRAME = (96, 96, 3)
@@ -48,19 +48,10 @@ def measure(backbone: str, norm: str, batch: int, steps: int, calls: int) -> dic
     enc = ImageEncoder(FRAME, VisionConfig(backbone=backbone, norm=norm))  # type: ignore[arg-type]
     params = sum(p.numel() for p in enc.parameters())
     x = torch.rand(batch, 3, FRAME[0], FRAME[1])
-    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
     enc.train()
-
-    def step() -> None:
-        enc(x, _identity).square().mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_s = (time.perf_counter() - t0) / steps
+    train_s = seconds_per_train_step(
+        lambda: enc(x, _identity).square().mean(), enc.parameters(), steps
+    )
     enc.eval()
     one = x[:1]
     with FlopCounterMode(display=False) as counter:  # autograd on: the convolutions' own path
